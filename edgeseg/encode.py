@@ -1,0 +1,113 @@
+"""Encode prompts with a torch encoder, and compare encoders side by side.
+
+The library behind ``edgeseg encode`` and ``edgeseg compare``: tokenization is done here, outside
+the model, then ids go through the encoder in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edgeseg.encoders import TextEncoder
+from edgeseg.tokenizer import get_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    input_ids: np.ndarray  # int64 [B, L]
+    mask: np.ndarray  # bool [B, L], True = padding
+    memory: np.ndarray  # float32 [B, L, 256]
+    truncated: int
+
+
+@torch.inference_mode()
+def encode_prompts(
+    model: TextEncoder,
+    prompts: Sequence[str],
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> Encoded:
+    """Tokenize ``prompts`` at the model's context length and run the model on them in batches."""
+    batch = get_tokenizer()(list(prompts), model.context_length)
+    device = next(model.parameters()).device
+    memories, masks = [], []
+    for start in range(0, len(prompts), batch_size):
+        ids = torch.from_numpy(batch.ids[start : start + batch_size]).to(device)
+        memory, mask = model(ids)
+        memories.append(memory.float().cpu().numpy())
+        masks.append(mask.cpu().numpy())
+        if progress is not None:
+            progress(ids.shape[0])
+    return Encoded(batch.ids, np.concatenate(masks), np.concatenate(memories), batch.truncated)
+
+
+def pooled(memory: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of the valid (non-padding) tokens' memory, ``[B, 256]`` (SAM3's scorer pools this way)."""
+    valid = (~mask).astype(np.float64)[..., None]
+    return (memory * valid).sum(1) / np.maximum(valid.sum(1), 1.0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity."""
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return num / np.maximum(den, 1e-12)
+
+
+def time_encoder(model: TextEncoder, ids: np.ndarray, repeats: int = 5) -> float:
+    """Mean seconds of one forward on ``ids`` after one warm-up call."""
+    device = next(model.parameters()).device
+    tensor = torch.from_numpy(ids).to(device)
+    with torch.inference_mode():
+        model(tensor)
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(tensor)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return float(np.mean(times))
+
+
+def compare_encoders(
+    models: Sequence[TextEncoder], prompts: Sequence[str], repeats: int = 5, batch_size: int = 64
+) -> list[dict]:
+    """One row per model: size, context, latency, and pooled cosine vs the first model.
+
+    The first model is the reference (the teacher in ``edgeseg compare``). The cosine compares the
+    masked-mean-pooled memories prompt by prompt, so encoders at different context lengths can be
+    compared; it only means something with real weights.
+    """
+    rows, reference = [], None
+    for model in models:
+        encoded = encode_prompts(model, prompts, batch_size=batch_size)
+        vectors = pooled(encoded.memory, encoded.mask)
+        if reference is None:
+            reference = vectors
+        cos = cosine(vectors, reference)
+        seconds = time_encoder(model, encoded.input_ids[:batch_size], repeats)
+        info = model.describe()
+        rows.append({
+            "encoder": model.name,
+            "params": info["params"],
+            "bytes_fp32": info["bytes_fp32"],
+            "context_length": model.context_length,
+            "batch": int(min(batch_size, len(prompts))),
+            "latency_ms": seconds * 1e3,
+            "truncated": encoded.truncated,
+            "cosine_mean": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+        })
+        log.info("%s: %.1f ms per batch", model.name, seconds * 1e3)
+    return rows

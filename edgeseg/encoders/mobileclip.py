@@ -1,0 +1,209 @@
+"""SAM3-LiteText students: MobileCLIP text towers with a 256-d ``projector``.
+
+One class covers the three released students; the block list in the config (data, see
+``configs/*.json``) decides the architecture:
+
+* ``mobileclip-s0``: RepMixer, 4 transformer blocks, RepMixer (width 512);
+* ``mobileclip-s1``: 12 transformer blocks, width 512;
+* ``mobileclip2-l``: 12 transformer blocks, width 768.
+
+Forward (eval mode, ``shared/reference/encoders.md`` section 3.2): ``x = E[ids] + P_C``; blocks;
+``final_layer_norm`` (float32 LayerNorm); ``projector`` -> 256. Quirks kept on purpose, because
+the released checkpoints were trained with them:
+
+* attention is bidirectional and **unmasked**: padding tokens (id 0, whose embedding is that of
+  ``!``) are attended to, so outputs depend on the context length C and on the padding. Run each
+  checkpoint at exactly the C it was trained at;
+* the mask is ``ids == 0`` (a real token 0 counts as padding);
+* the RepMixer blocks are in the unfused training form of the checkpoints (BatchNorms with running
+  statistics, no 1x1 "scale" branch). ``embed_scale`` of the reference is never applied, so it
+  does not exist here;
+* ``encoder.projection_layer`` [D, D] is in every checkpoint but unused (pooled branch only).
+
+The positional table here has C rows, the rows the model actually uses; released checkpoints
+carry 77 rows and :mod:`edgeseg.checkpoints` reduces them (``slice`` or ``interpolate``).
+Module names mirror the checkpoint keys under ``detector.backbone.language_backbone.``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeseg.encoders.base import LayerNormFP32, TextEncoder, multi_head_attention
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return self.out_proj(multi_head_attention(q, k, v, self.heads))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block; ``pre_norm_mha`` / ``pre_norm_ffn`` indices match the checkpoint keys."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int):
+        super().__init__()
+        self.pre_norm_mha = nn.Sequential(LayerNormFP32(dim), _SelfAttention(dim, heads))
+        self.pre_norm_ffn = nn.Sequential(
+            LayerNormFP32(dim), nn.Linear(dim, ffn_dim), nn.GELU(), nn.Dropout(0.0),
+            nn.Linear(ffn_dim, dim), nn.Dropout(0.0),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pre_norm_mha(x)
+        return x + self.pre_norm_ffn(x)
+
+
+class ConvBN(nn.Module):
+    """Depthwise 1 x k convolution along the sequence (zero padding k//2 each side) + BatchNorm."""
+
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, (1, kernel), padding=(0, kernel // 2), groups=dim, bias=False)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(y))
+
+
+class _BNBranch(nn.Module):
+    """A MobileOne block reduced to its identity branch: a lone BatchNorm (``rbr_skip``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.rbr_skip = nn.BatchNorm2d(dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.rbr_skip(y)
+
+
+class _DepthwiseMixer(_BNBranch):
+    """MobileOne block with an identity BatchNorm branch and one depthwise conv+BN branch."""
+
+    def __init__(self, dim: int, kernel: int):
+        super().__init__(dim)
+        self.rbr_conv = nn.ModuleList([ConvBN(dim, kernel)])
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.rbr_skip(y) + self.rbr_conv[0](y)
+
+
+class _TokenMixer(nn.Module):
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.layer_scale = nn.Parameter(torch.empty(dim, 1, 1))
+        self.norm = _BNBranch(dim)
+        self.mixer = _DepthwiseMixer(dim, kernel)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + self.layer_scale * (self.mixer(y) - self.norm(y))
+
+
+class _ConvFFN(nn.Module):
+    def __init__(self, dim: int, hidden: int, kernel: int):
+        super().__init__()
+        self.conv = ConvBN(dim, kernel)
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.conv(y))))
+
+
+class RepMixerBlock(nn.Module):
+    """MobileCLIP-S0's convolutional block, on ``[B, L, D]`` viewed as ``[B, D, 1, L]``."""
+
+    def __init__(self, dim: int, ffn_dim: int, kernel: int):
+        super().__init__()
+        self.layer_scale = nn.Parameter(torch.empty(dim, 1, 1))
+        self.token_mixer = _TokenMixer(dim, kernel)
+        self.convffn = _ConvFFN(dim, ffn_dim, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.transpose(1, 2).unsqueeze(2)
+        y = self.token_mixer(y)
+        y = y + self.layer_scale * self.convffn(y)
+        return y.squeeze(2).transpose(1, 2)
+
+
+class _PositionTable(nn.Module):
+    def __init__(self, rows: int, dim: int):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.empty(1, 1, rows, dim))
+
+
+class _PositionalEmbedding(nn.Module):
+    """Holds ``pos_embed.pos_embed`` [1, 1, C, D], the key layout of the checkpoints."""
+
+    def __init__(self, rows: int, dim: int):
+        super().__init__()
+        self.pos_embed = _PositionTable(rows, dim)
+
+    def forward(self, length: int) -> torch.Tensor:
+        return self.pos_embed.pos_embed[0, 0, :length]
+
+
+class _MobileCLIPTextTransformer(nn.Module):
+    def __init__(self, cfg: dict[str, Any], context_length: int):
+        super().__init__()
+        dim = cfg["dim"]
+        self.embedding_layer = nn.Embedding(cfg["vocab_size"], dim)
+        self.positional_embedding = _PositionalEmbedding(context_length, dim)
+        blocks = []
+        for kind in cfg["blocks"]:
+            if kind == "transformer":
+                blocks.append(TransformerBlock(dim, cfg["heads"], cfg["ffn_dim"]))
+            elif kind == "repmixer":
+                blocks.append(RepMixerBlock(dim, cfg["ffn_dim"], cfg["repmixer_kernel"]))
+            else:
+                raise ValueError(f"unknown block kind {kind!r} in encoder config")
+        self.transformer = nn.ModuleList(blocks)
+        self.final_layer_norm = LayerNormFP32(dim)
+        self.projection_layer = nn.Parameter(torch.empty(dim, dim))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        tokens = self.embedding_layer(input_ids)
+        x = tokens + self.positional_embedding(input_ids.shape[1]).to(tokens.dtype)
+        for block in self.transformer:
+            x = block(x)
+        return self.final_layer_norm(x)
+
+
+class MobileCLIPTextEncoder(TextEncoder):
+    """A SAM3-LiteText student at a fixed context length C (16 for the released checkpoints)."""
+
+    unused_parameters = ("encoder.projection_layer",)
+
+    def __init__(self, name: str, config: dict[str, Any], context_length: int):
+        super().__init__(name, config, context_length)
+        self.encoder = _MobileCLIPTextTransformer(config, context_length)
+        self.projector = nn.Linear(config["dim"], config["output_dim"])
+        #: how a longer checkpoint table was reduced to C rows ("slice", "interpolate"), or None
+        self.position_table: str | None = None
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if input_ids.shape[-1] != self.context_length:
+            raise ValueError(
+                f"{self.name} runs at context length {self.context_length}, got ids of length "
+                f"{input_ids.shape[-1]}: students are not prefix-invariant, pad to exactly C"
+            )
+        return self.projector(self.encoder(input_ids)), self.padding_mask(input_ids)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        rows = int(self.config["checkpoint_table_rows"])
+        extra = (rows - self.context_length) * int(self.config["dim"])
+        info["params_with_checkpoint_table"] = info["params"] + extra
+        info["checkpoint_table_rows"] = rows
+        info["position_table"] = self.position_table
+        return info

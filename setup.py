@@ -1,0 +1,34 @@
+"""edgeseg: SAM3's text encoder, distilled, quantized and compiled for edge devices."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="edgeseg",
+    version="0.1.0",
+    description="SAM3 text encoder for edge devices: tokenizer, MobileCLIP students, checkpoints, export",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edgeseg", "edgeseg.*"]),
+    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt"]},
+    install_requires=[
+        "torch>=2.4,<=2.14.1",
+        "numpy",
+        "onnx",
+        "onnxruntime",
+        "polygraphy",
+        "click>=8.1",
+        "ftfy",
+        "regex",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and
+        # torchvision without declaring them.
+        "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil"],
+        "coreml": ["coremltools"],
+        "dev": ["pytest", "ruff"],
+    },
+    entry_points={"console_scripts": ["edgeseg=edgeseg.cli:main"]},
+)
