@@ -1,0 +1,63 @@
+"""Shared test helpers.
+
+Parity tests use Meta's ``sam3`` package (the ``[sam3]`` extra) as the oracle. Where CI=true they
+must run: a missing package is a failure there, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CALIBRATION = REPO / "calibration"
+
+
+def import_sam3():
+    """Meta's tokenizer and text encoder classes, or skip (fail under CI) when not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from sam3.model.text_encoder_ve import VETextEncoder
+            from sam3.model.tokenizer_ve import SimpleTokenizer
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the sam3 extra must be installed in CI for parity tests: {exc}")
+        pytest.skip(f"Meta's sam3 package is not installed (pip install -e .[sam3]): {exc}")
+    return SimpleTokenizer, VETextEncoder
+
+
+@pytest.fixture(scope="session")
+def meta_tokenizer():
+    from edgeseg.tokenizer import default_vocab_path
+
+    simple_tokenizer, _ = import_sam3()
+    return simple_tokenizer(bpe_path=str(default_vocab_path()))
+
+
+def calibration_prompts(limit: int | None = None) -> list[str]:
+    """Real prompts shipped in calibration/ (all splits), in file order."""
+    prompts: list[str] = []
+    for name in ("calibration", "distill", "eval"):
+        path = CALIBRATION / f"{name}.txt"
+        if path.exists():
+            prompts += [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    if not prompts:
+        pytest.fail("calibration/ holds no prompt files")
+    return prompts[:limit] if limit else prompts
+
+
+# Inputs where tokenizers disagree in practice: html entities, accents, mojibake, CJK, emoji,
+# fullwidth, ligatures, combining marks, contractions, digits, special strings, truncation.
+HARD_PROMPTS = [
+    "Tom &amp;amp; Jerry", "fish &lt;3 chips", "caf\u00e9 au lait", "cafe\u0301", "Cr\u00e8me Br\u00fbl\u00e9e",
+    "caf\u00c3\u00a9", "\u00e2\u20ac\u0153quoted\u00e2\u20ac\ufffd", "\u732b\u3068\u72ac", "\ud55c\uad6d\uc5b4 \ud14d\uc2a4\ud2b8",
+    "\U0001f436 dog", "\U0001f468\u200d\U0001f469\u200d\U0001f467 family", "\uff21\uff22\uff23 \ufb01sh",
+    "x<end_of_text>y", "<START_OF_TEXT>", "hi!$ there !% wow!!", "\u0130stanbul", "stra\u00dfe", "a\u200bb",
+    "\x1c\x1dfoo\tbar\r\nbaz", "2024 cars", "dog's 'sun they'll we'd", "   ", "", "A Very Long Prompt " * 12,
+    "the leftmost child wearing blue vest", "\u0645\u0631\u062d\u0628\u0627", "\u00bd \u2163 \u00b2",
+    "\u00a0nbsp\u2003em space", "UPPER lower MiXeD", "e\u0301\u0301\u0301", "\ufeffbom", "\\ back\\slash",
+]
