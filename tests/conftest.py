@@ -54,7 +54,8 @@ def calibration_prompts(limit: int | None = None) -> list[str]:
 # fullwidth, ligatures, combining marks, contractions, digits, special strings, truncation.
 HARD_PROMPTS = [
     "Tom &amp;amp; Jerry", "fish &lt;3 chips", "caf\u00e9 au lait", "cafe\u0301", "Cr\u00e8me Br\u00fbl\u00e9e",
-    "caf\u00c3\u00a9", "\u00e2\u20ac\u0153quoted\u00e2\u20ac\ufffd", "\u732b\u3068\u72ac", "\ud55c\uad6d\uc5b4 \ud14d\uc2a4\ud2b8",
+    "caf\u00c3\u00a9", "\u00e2\u20ac\u0153quoted\u00e2\u20ac\ufffd", "\u732b\u3068\u72ac",
+    "\ud55c\uad6d\uc5b4 \ud14d\uc2a4\ud2b8",
     "\U0001f436 dog", "\U0001f468\u200d\U0001f469\u200d\U0001f467 family", "\uff21\uff22\uff23 \ufb01sh",
     "x<end_of_text>y", "<START_OF_TEXT>", "hi!$ there !% wow!!", "\u0130stanbul", "stra\u00dfe", "a\u200bb",
     "\x1c\x1dfoo\tbar\r\nbaz", "2024 cars", "dog's 'sun they'll we'd", "   ", "", "A Very Long Prompt " * 12,

@@ -109,14 +109,16 @@ def reference_forward(s: dict[str, torch.Tensor], blocks: list[str], heads: int,
                 sl = slice(head * 64, head * 64 + 64)
                 q, k, v = qkv[..., :dim][..., sl], qkv[..., dim:2 * dim][..., sl], qkv[..., 2 * dim:][..., sl]
                 outs.append(torch.softmax((q * 0.125) @ k.transpose(1, 2), -1) @ v)  # no mask at all
-            x = x + torch.cat(outs, -1) @ s[p + "pre_norm_mha.1.out_proj.weight"].T + s[p + "pre_norm_mha.1.out_proj.bias"]
+            out_w, out_b = s[p + "pre_norm_mha.1.out_proj.weight"], s[p + "pre_norm_mha.1.out_proj.bias"]
+            x = x + torch.cat(outs, -1) @ out_w.T + out_b
             h = _ln(x, s[p + "pre_norm_ffn.0.weight"], s[p + "pre_norm_ffn.0.bias"])
             h = _gelu(h @ s[p + "pre_norm_ffn.1.weight"].T + s[p + "pre_norm_ffn.1.bias"])
             x = x + h @ s[p + "pre_norm_ffn.4.weight"].T + s[p + "pre_norm_ffn.4.bias"]
         else:
             g_tm = s[p + "token_mixer.layer_scale"].flatten()
+            conv = p + "token_mixer.mixer.rbr_conv.0"
             mixed = (_bn(x, s, p + "token_mixer.mixer.rbr_skip")
-                     + _bn(_dw(x, s[p + "token_mixer.mixer.rbr_conv.0.conv.weight"]), s, p + "token_mixer.mixer.rbr_conv.0.bn")
+                     + _bn(_dw(x, s[conv + ".conv.weight"]), s, conv + ".bn")
                      - _bn(x, s, p + "token_mixer.norm.rbr_skip"))
             x = x + g_tm * mixed
             z = _bn(_dw(x, s[p + "convffn.conv.conv.weight"]), s, p + "convffn.conv.bn")
