@@ -30,6 +30,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,17 +72,20 @@ class Checkpoint:
 # -- reading ------------------------------------------------------------------------------------
 def _torch_load(path: Path) -> Any:
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error says enough
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"(?:Unsupported global|Unsupported operand)[^\n.]*", str(exc))
+        detail = f" ({found.group(0).strip()})" if found else ""
         raise EdgesegError(
             f"{path} is not a plain state dict: it holds pickled objects that are not tensors, and "
-            f"edgeseg only loads weights with weights_only=True ({first[:160]})"
+            f"edgeseg only loads weights with weights_only=True{detail}"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
         raise EdgesegError(f"cannot read checkpoint {path}: the file is truncated or corrupt ({exc})") from exc

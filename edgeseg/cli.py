@@ -79,7 +79,8 @@ def cli(verbose: int) -> None:
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Also read this checkpoint, check it matches the encoder, and report it.")
-@click.option("--position-table", default="interpolate", show_default=True, help=POSITION_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
+              show_default=True, help=POSITION_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(encoder: str, context_length: int | None, checkpoint: Path | None, position_table: str,
          as_json: bool) -> None:
@@ -122,12 +123,13 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 
     Prompts longer than the context are truncated with EOT kept last; the count is reported.
     """
-    from edgeseg.fileio import read_prompts
+    from edgeseg.fileio import check_output_folder, read_prompts
     from edgeseg.tokenizer import get_tokenizer
 
     if context_length < 2:
         raise EdgesegError(f"--context-length must be at least 2 (SOT and EOT), got {context_length}")
     prompts = read_prompts(prompts_file)
+    check_output_folder(out)
     batch = get_tokenizer()(prompts, context_length)
     _write_npz(out, input_ids=batch.ids)
     _note(f"tokenized {len(prompts)} prompt(s) to [{len(prompts)}, {context_length}] "
@@ -138,7 +140,8 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 @click.option("--encoder", required=True, help=ENCODER_HELP)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
-@click.option("--position-table", default="interpolate", show_default=True, help=POSITION_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
+              show_default=True, help=POSITION_HELP)
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .npz: input_ids int64 [B, L], mask bool [B, L] (True = padding), "
@@ -152,9 +155,10 @@ def encode(encoder: str, checkpoint: Path | None, context_length: int | None, po
     from tqdm import tqdm
 
     from edgeseg.encode import encode_prompts
-    from edgeseg.fileio import read_prompts
+    from edgeseg.fileio import check_output_folder, read_prompts
 
     prompts = read_prompts(prompts_file)
+    check_output_folder(out)
     _check_device(device)
     model = _load(encoder, checkpoint, context_length, position_table, device, seed)
     with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
@@ -168,7 +172,7 @@ def encode(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
 @click.option("--encoders", default="sam3,mobileclip-s0,mobileclip-s1,mobileclip2-l", show_default=True,
               help="Comma-separated encoder names; the first is the reference for the cosine column.")
-@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed forward passes per encoder (after one warm-up).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")

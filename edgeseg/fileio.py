@@ -19,6 +19,14 @@ from edgeseg.errors import EdgesegError
 log = logging.getLogger(__name__)
 
 
+def check_output_folder(target: str | os.PathLike) -> Path:
+    """Fail early (before any long work) when ``target``'s folder does not exist."""
+    parent = Path(target).parent if str(Path(target).parent) else Path(".")
+    if not parent.is_dir():
+        raise EdgesegError(f"output folder {parent} does not exist")
+    return parent
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``target``; on success rename it onto ``target``.
@@ -28,9 +36,7 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
     the temporary name (numpy appends ``.npz`` to names without it).
     """
     target = Path(target)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise EdgesegError(f"output folder {parent} does not exist")
+    parent = check_output_folder(target)
     prefix = f".{target.name}.tmp-"
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))

@@ -9,8 +9,14 @@ import torch
 from safetensors.torch import save_file
 
 from edgeseg.checkpoints import (
-    IMAGE_MODEL_TEXT_PREFIX, SAM3_TEXT_PREFIX, STUDENT_TABLE_KEY, identify, load_encoder, read_checkpoint,
-    reduce_position_table, save_encoder,
+    IMAGE_MODEL_TEXT_PREFIX,
+    SAM3_TEXT_PREFIX,
+    STUDENT_TABLE_KEY,
+    identify,
+    load_encoder,
+    read_checkpoint,
+    reduce_position_table,
+    save_encoder,
 )
 from edgeseg.encoders import build_encoder
 from edgeseg.errors import EdgesegError

@@ -1,0 +1,30 @@
+# edgeseg developer entry points. `make demo` and `make test` work on a fresh machine: they create
+# .venv, install torch 2.14.1 + torchvision 0.29.1 first, then edgeseg with its [sam3,dev] extras.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgeseg-installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[sam3,dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: tokenize and encode the shipped sample prompts with the SAM3 teacher and every
+# student (random weights) and print a comparison table.
+demo: $(STAMP)
+	$(BIN)/edgeseg compare --prompts calibration/samples.txt
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgeseg tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
