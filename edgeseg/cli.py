@@ -137,7 +137,9 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 
 
 @cli.command()
-@click.option("--encoder", required=True, help=ENCODER_HELP)
+@click.option("--encoder", default=None, help=ENCODER_HELP + " Either --encoder or --bundle.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Run a bundle (from export/quantize/build) instead of a torch encoder; never imports torch.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
@@ -148,24 +150,92 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
                    "memory float32 [B, L, 256].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (bundles).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-def encode(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str,
-           prompts_file: Path, out: Path, batch_size: int, device: str, seed: int) -> None:
-    """Encode prompts into SAM3 text memory with a torch encoder."""
+def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
+           position_table: str, prompts_file: Path, out: Path, batch_size: int, device: str,
+           threads: int | None, seed: int) -> None:
+    """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
     from tqdm import tqdm
 
-    from edgeseg.encode import encode_prompts
     from edgeseg.fileio import check_output_folder, read_prompts
 
+    if (encoder is None) == (bundle is None):
+        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
+    if bundle is not None and (checkpoint is not None or context_length is not None):
+        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
     prompts = read_prompts(prompts_file)
     check_output_folder(out)
-    _check_device(device)
-    model = _load(encoder, checkpoint, context_length, position_table, device, seed)
-    with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
-        result = encode_prompts(model, prompts, batch_size=batch_size, progress=bar.update)
+    if bundle is not None:
+        from edgeseg.runtime import load
+
+        with load(bundle, threads=threads) as runner, \
+                tqdm(total=len(prompts), unit="prompt", desc=bundle.name, disable=None, file=sys.stderr) as bar:
+            result = runner.encode(prompts, batch_size=batch_size, progress=bar.update)
+        name, length = f"bundle {bundle}", runner.context_length
+    else:
+        from edgeseg.encode import encode_prompts
+
+        _check_device(device)
+        model = _load(encoder, checkpoint, context_length, position_table, device, seed)
+        with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
+            result = encode_prompts(model, prompts, batch_size=batch_size, progress=bar.update)
+        name, length = encoder, model.context_length
     _write_npz(out, input_ids=result.input_ids, mask=result.mask, memory=result.memory)
-    _note(f"encoded {len(prompts)} prompt(s) with {encoder} at context {model.context_length} "
+    _note(f"encoded {len(prompts)} prompt(s) with {name} at context {length} "
           f"({result.truncated} truncated) -> {out}")
+
+
+@cli.command()
+@click.option("--encoder", required=True, help=ENCODER_HELP)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
+@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
+              show_default=True, help=POSITION_HELP)
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
+                   "(default: 48 prompts of the held-out eval split).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str, opset: int,
+           reference_prompts: Path | None, seed: int, out: Path) -> None:
+    """Export an encoder to an FP32 ONNX bundle, verified against torch with ONNX Runtime.
+
+    The graph takes input_ids int64 [batch, L] (dynamic batch, fixed L) and returns memory float32
+    [batch, L, 256] and mask bool [batch, L]. S0's RepMixer BatchNorms are folded first; unused
+    weights are not in the graph. The bundle holds model.onnx, the tokenizer vocabulary, reference
+    inputs/outputs and manifest.json (sha256 of every file); it is written atomically.
+    """
+    from edgeseg.export import export_bundle
+    from edgeseg.fileio import check_output_folder
+
+    check_output_folder(out)
+    prompts = _reference_prompts(reference_prompts)
+    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed)
+    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset)
+    _note(f"exported {encoder} (context {manifest['context_length']}, FP32) -> {out}; ONNX Runtime vs torch "
+          f"max abs diff {manifest['export']['max_abs_diff']:.2e}")
+
+
+def _reference_prompts(path: Path | None, count: int = 48) -> list[str]:
+    from edgeseg.fileio import read_prompts
+
+    if path is not None:
+        return read_prompts(path)
+    from edgeseg.corpus import load_split
+
+    prompts = load_split("eval")
+    step = max(1, len(prompts) // count)
+    return prompts[::step][:count]
+
+
+def _source(checkpoint: Path | None, seed: int) -> dict:
+    from edgeseg.fileio import sha256_file
+
+    if checkpoint is None:
+        return {"checkpoint": None, "checkpoint_sha256": "random", "seed": seed}
+    return {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint), "seed": None}
 
 
 @cli.command()

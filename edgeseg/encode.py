@@ -9,23 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from edgeseg.encoders import TextEncoder
+from edgeseg.outputs import Encoded, cosine, pooled
 from edgeseg.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    input_ids: np.ndarray  # int64 [B, L]
-    mask: np.ndarray  # bool [B, L], True = padding
-    memory: np.ndarray  # float32 [B, L, 256]
-    truncated: int
 
 
 @torch.inference_mode()
@@ -47,19 +39,6 @@ def encode_prompts(
         if progress is not None:
             progress(ids.shape[0])
     return Encoded(batch.ids, np.concatenate(masks), np.concatenate(memories), batch.truncated)
-
-
-def pooled(memory: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mean of the valid (non-padding) tokens' memory, ``[B, 256]`` (SAM3's scorer pools this way)."""
-    valid = (~mask).astype(np.float64)[..., None]
-    return (memory * valid).sum(1) / np.maximum(valid.sum(1), 1.0)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity."""
-    num = (a * b).sum(-1)
-    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return num / np.maximum(den, 1e-12)
 
 
 def time_encoder(model: TextEncoder, ids: np.ndarray, repeats: int = 5) -> float:

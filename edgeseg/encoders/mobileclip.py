@@ -43,7 +43,7 @@ class _SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        q, k, v = self.qkv_proj(x).split(self.out_proj.in_features, dim=-1)
         return self.out_proj(multi_head_attention(q, k, v, self.heads))
 
 
@@ -207,3 +207,67 @@ class MobileCLIPTextEncoder(TextEncoder):
         info["checkpoint_table_rows"] = rows
         info["position_table"] = self.position_table
         return info
+
+
+# -- inference form -------------------------------------------------------------------------------
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+class FusedRepMixerBlock(nn.Module):
+    """A :class:`RepMixerBlock` with every BatchNorm and layer scale folded (inference only).
+
+    Token mixer: one depthwise 1 x k convolution with bias,
+    ``K = id_centre + g_tm * (K_skip + K_conv - K_norm)`` (spec §3.4); ConvFFN: its depthwise conv
+    with the BN folded, then fc1/fc2 as Linear layers on ``[B, L, D]`` (so they export as MatMul,
+    which INT8 quantizers and TensorRT handle best), with the block's layer scale folded into fc2.
+    Equal to the unfused block up to float rounding.
+    """
+
+    def __init__(self, block: RepMixerBlock):
+        super().__init__()
+        tm, ffn = block.token_mixer, block.convffn
+        conv = tm.mixer.rbr_conv[0]
+        dim, _, _, kernel = conv.conv.weight.shape
+        centre = kernel // 2
+        with torch.no_grad():
+            s_skip, b_skip = _bn_scale_shift(tm.mixer.rbr_skip)
+            s_conv, b_conv = _bn_scale_shift(conv.bn)
+            s_norm, b_norm = _bn_scale_shift(tm.norm.rbr_skip)
+            g_tm = tm.layer_scale.reshape(dim)
+            weight = conv.conv.weight * s_conv.reshape(dim, 1, 1, 1)
+            weight[:, 0, 0, centre] += s_skip - s_norm
+            weight = weight * g_tm.reshape(dim, 1, 1, 1)
+            weight[:, 0, 0, centre] += 1.0
+            self.mixer = nn.Conv2d(dim, dim, (1, kernel), padding=(0, centre), groups=dim, bias=True)
+            self.mixer.weight.copy_(weight)
+            self.mixer.bias.copy_(g_tm * (b_skip + b_conv - b_norm))
+
+            s_ffn, b_ffn = _bn_scale_shift(ffn.conv.bn)
+            self.ffn_conv = nn.Conv2d(dim, dim, (1, kernel), padding=(0, centre), groups=dim, bias=True)
+            self.ffn_conv.weight.copy_(ffn.conv.conv.weight * s_ffn.reshape(dim, 1, 1, 1))
+            self.ffn_conv.bias.copy_(b_ffn)
+            hidden = ffn.fc1.weight.shape[0]
+            g_blk = block.layer_scale.reshape(dim)
+            self.fc1 = nn.Linear(dim, hidden)
+            self.fc1.weight.copy_(ffn.fc1.weight.reshape(hidden, dim))
+            self.fc1.bias.copy_(ffn.fc1.bias)
+            self.act = nn.GELU()
+            self.fc2 = nn.Linear(hidden, dim)
+            self.fc2.weight.copy_(ffn.fc2.weight.reshape(dim, hidden) * g_blk.reshape(dim, 1))
+            self.fc2.bias.copy_(ffn.fc2.bias * g_blk)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mixer(x.transpose(1, 2).unsqueeze(2))
+        z = self.ffn_conv(y).squeeze(2).transpose(1, 2)
+        return y.squeeze(2).transpose(1, 2) + self.fc2(self.act(self.fc1(z)))
+
+
+def fuse_repmixer_blocks(model: MobileCLIPTextEncoder) -> MobileCLIPTextEncoder:
+    """Replace every RepMixer block of ``model`` (in place) by its fused inference form."""
+    blocks = model.encoder.transformer
+    for i, block in enumerate(blocks):
+        if isinstance(block, RepMixerBlock):
+            blocks[i] = FusedRepMixerBlock(block)
+    return model

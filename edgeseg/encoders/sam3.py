@@ -35,7 +35,8 @@ class _Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        width = self.in_proj_weight.shape[1]
+        q, k, v = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias).split(width, dim=-1)
         return self.out_proj(multi_head_attention(q, k, v, self.heads, additive_mask))
 
 

@@ -1,0 +1,158 @@
+"""Bundles: the one contract between building and running an encoder.
+
+A bundle is a directory holding a model file (ONNX here; TensorRT engines and Core ML packages in
+later targets), the tokenizer vocabulary, reference inputs/outputs, and ``manifest.json`` which
+says exactly what it is and lists every file with its sha256. A runtime (Python or C++) needs
+nothing outside the bundle, and refuses a bundle whose files do not match their hashes.
+
+Bundles are written into a temporary sibling directory and renamed into place, so a failed build
+never leaves a half bundle. No torch here.
+
+``manifest.json`` (format ``edgeseg-bundle``, version 1)::
+
+    format, format_version, created, encoder, context_length, position_table, precision,
+    target, backend, model (file name), inputs/outputs [{name, dtype, shape}], tokenizer {...},
+    files {name: {sha256, bytes}}, source {checkpoint, checkpoint_sha256 | "random", seed},
+    export {opset, max_abs_diff vs torch, ...}, calibration {...} | null, fidelity {...} | null,
+    excluded_layers [...], reference {file, prompts}, tools {name: version}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError
+from edgeseg.fileio import atomic_path, sha256_file
+
+FORMAT = "edgeseg-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REFERENCE = "reference.npz"
+REQUIRED = ("format", "format_version", "encoder", "context_length", "precision", "target", "backend",
+            "model", "inputs", "outputs", "tokenizer", "files")
+
+
+def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[str, Any]]]:
+    """The encoder contract as manifest entries: dynamic batch, fixed context length."""
+    return {
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", context_length]}],
+        "outputs": [
+            {"name": "memory", "dtype": "float32", "shape": ["batch", context_length, output_dim]},
+            {"name": "mask", "dtype": "bool", "shape": ["batch", context_length]},
+        ],
+    }
+
+
+def tool_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions (absent ones are left out), plus Python's."""
+    found = {"edgeseg": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@contextmanager
+def bundle_writer(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory to fill; renamed onto ``out`` when the block ends without error."""
+    out = Path(out)
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise EdgesegError(f"{out} exists and is not a bundle: refusing to replace it")
+    with atomic_path(out, directory=True) as tmp:
+        yield tmp
+
+
+def finalize(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file in ``directory`` into the manifest and write ``manifest.json`` there."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(directory).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now(), **manifest, "files": files}
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``manifest.json`` (format, version, required fields); no hashing."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise EdgesegError(f"bundle {bundle} does not exist or is not a directory")
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise EdgesegError(f"{bundle} is not an edgeseg bundle: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgesegError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EdgesegError(f"{path} is not an edgeseg bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise EdgesegError(
+            f"{bundle} has bundle format version {manifest.get('format_version')}; this edgeseg reads {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise EdgesegError(f"{path} lacks required field(s): {', '.join(missing)}")
+    return manifest
+
+
+def verify_bundle(bundle: str | os.PathLike) -> dict[str, Any]:
+    """Read the manifest and check every listed file's size and sha256; return the manifest."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    for name, entry in manifest["files"].items():
+        path = bundle / name
+        if not path.is_file():
+            raise EdgesegError(f"bundle {bundle} is incomplete: {name} is missing")
+        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+            raise EdgesegError(f"bundle {bundle} is corrupt or was modified: {name} does not match its sha256")
+    if manifest["model"] not in manifest["files"]:
+        raise EdgesegError(f"bundle {bundle} names model file {manifest['model']} but does not list it")
+    return manifest
+
+
+def copy_into(directory: Path, src: str | os.PathLike, name: str | None = None) -> str:
+    """Copy a file into a bundle directory; return its name there."""
+    name = name or Path(src).name
+    shutil.copyfile(src, directory / name)
+    return name
+
+
+def save_reference(path: Path, prompts: Sequence[str], input_ids: np.ndarray, memory: np.ndarray,
+                   mask: np.ndarray) -> None:
+    """Reference prompts, ids and FP32 outputs so that any device can check itself."""
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, prompts=np.array(list(prompts), dtype=str), input_ids=input_ids,
+                            memory=memory.astype(np.float32), mask=mask)
+
+
+def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    manifest = manifest or read_manifest(bundle)
+    name = (manifest.get("reference") or {}).get("file")
+    if not name:
+        raise EdgesegError(f"bundle {bundle} carries no reference outputs")
+    with np.load(Path(bundle) / name, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -1,0 +1,140 @@
+"""torch encoder -> FP32 ONNX bundle, verified against torch with ONNX Runtime.
+
+The export wrapper lives here, apart from the models: it takes an inference copy of the encoder
+(S0's RepMixer blocks fused, see :func:`edgeseg.encoders.mobileclip.fuse_repmixer_blocks`) and
+traces ``input_ids [batch, L] -> (memory [batch, L, 256], mask [batch, L])`` with a dynamic batch
+and a fixed context length. Dead weights (the teacher's ``text_projection``, the students'
+``projection_layer``) are not reachable from the outputs, so they are not in the graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeseg.bundle import REFERENCE, bundle_writer, copy_into, finalize, io_spec, save_reference, tool_versions
+from edgeseg.encoders import TextEncoder
+from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
+from edgeseg.errors import EdgesegError
+from edgeseg.outputs import token_fidelity
+from edgeseg.tokenizer import VOCAB_FILENAME, VOCAB_MD5, default_vocab_path, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+EXPORT_TOLERANCE = 1e-4
+MODEL_FILE = "model.onnx"
+
+
+class OnnxExportWrapper(nn.Module):
+    """Names the graph's inputs/outputs; holds an inference copy of the encoder."""
+
+    def __init__(self, encoder: TextEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory, mask = self.encoder(input_ids)
+        return memory.float(), mask
+
+
+def inference_copy(model: TextEncoder) -> TextEncoder:
+    """A float32 CPU copy in eval mode with training-form blocks fused."""
+    clone = copy.deepcopy(model).float().cpu().eval()
+    if isinstance(clone, MobileCLIPTextEncoder):
+        fuse_repmixer_blocks(clone)
+    return clone
+
+
+def export_onnx(model: TextEncoder, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> Path:
+    """Trace ``model`` to ONNX at ``path`` (dynamic batch, fixed context length)."""
+    if opset < 17:
+        raise EdgesegError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
+    path = Path(path)
+    wrapper = OnnxExportWrapper(inference_copy(model)).eval()
+    example = torch.from_numpy(get_tokenizer()(["a dog", "a player in white"], model.context_length).ids)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=["input_ids"], output_names=["memory", "mask"],
+            dynamic_axes={"input_ids": {0: "batch"}, "memory": {0: "batch"}, "mask": {0: "batch"}},
+        )
+    return path
+
+
+def run_onnx(path: str | os.PathLike, input_ids: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, ...]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    memory, mask = session.run(["memory", "mask"], {"input_ids": input_ids})
+    return memory, mask
+
+
+def export_bundle(
+    model: TextEncoder,
+    out: str | os.PathLike,
+    reference_prompts: Sequence[str],
+    source: dict[str, Any],
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = EXPORT_TOLERANCE,
+) -> dict[str, Any]:
+    """Export ``model`` as an FP32 ONNX bundle at ``out``; returns the manifest.
+
+    The ONNX model is run with ONNX Runtime on ``reference_prompts`` and compared with the torch
+    model (the unfused original): a max abs difference above ``tolerance`` or any mask mismatch
+    fails the export. The reference prompts, their ids and the torch FP32 outputs are saved in
+    the bundle for on-device self-checks.
+    """
+    tokens = get_tokenizer()(list(reference_prompts), model.context_length)
+    with torch.no_grad():
+        ref_memory, ref_mask = model.float().cpu().eval()(torch.from_numpy(tokens.ids))
+    ref_memory, ref_mask = ref_memory.numpy(), ref_mask.numpy()
+    with bundle_writer(out) as tmp:
+        export_onnx(model, tmp / MODEL_FILE, opset)
+        memory, mask = run_onnx(tmp / MODEL_FILE, tokens.ids)
+        if memory.shape != ref_memory.shape or not np.array_equal(mask, ref_mask):
+            raise EdgesegError("export verification failed: ONNX outputs do not have the torch shapes/mask")
+        max_diff = float(np.abs(memory - ref_memory).max())
+        if max_diff > tolerance:
+            raise EdgesegError(f"export verification failed: ONNX vs torch max abs diff {max_diff:.3g} > {tolerance}")
+        fidelity = token_fidelity(memory, ref_memory, ref_mask)
+        copy_into(tmp, default_vocab_path(), VOCAB_FILENAME)
+        save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
+        manifest = finalize(tmp, {
+            "encoder": model.name,
+            "context_length": model.context_length,
+            "position_table": getattr(model, "position_table", None),
+            "precision": "fp32",
+            "target": "onnx",
+            "backend": "onnxruntime",
+            "model": MODEL_FILE,
+            **io_spec(model.context_length, model.output_dim),
+            "tokenizer": {"vocab": VOCAB_FILENAME, "vocab_md5": VOCAB_MD5, "sot_id": 49406, "eot_id": 49407,
+                          "pad_id": 0, "vocab_size": 49408, "cleaning": "sam3-lower", "id_map": None},
+            "source": source,
+            "export": {"opset": opset, "exporter": "torch.onnx (TorchScript)", "verified_against": "torch fp32",
+                       "max_abs_diff": max_diff, "tolerance": tolerance, "prompts": len(reference_prompts),
+                       "mean_cosine": fidelity["mean_cosine"], "repmixer_fused": True},
+            "calibration": None,
+            "fidelity": None,
+            "excluded_layers": [],
+            "reference": {"file": REFERENCE, "prompts": len(reference_prompts), "outputs": "torch fp32"},
+            "params": model.num_parameters(include_unused=False),
+            "tools": tool_versions("torch", "onnx", "onnxruntime", "numpy"),
+        })
+    log.info("exported %s to %s (max abs diff %.2e)", model.name, out, max_diff)
+    return manifest

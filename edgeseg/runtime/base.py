@@ -1,0 +1,86 @@
+"""The runner interface shared by every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.bundle import load_reference
+from edgeseg.errors import EdgesegError
+from edgeseg.outputs import Encoded, token_fidelity
+from edgeseg.tokenizer import Tokenizer
+
+
+class Runner:
+    """Encodes prompts with one bundle. Subclasses implement ``_activate`` and ``infer``."""
+
+    def __init__(self, bundle: Path, manifest: dict[str, Any], threads: int | None = None):
+        self.bundle = Path(bundle)
+        self.manifest = manifest
+        self.threads = threads
+        self.context_length = int(manifest["context_length"])
+        self.is_active = False
+        self._tokenizer: Tokenizer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def activate(self) -> Runner:
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def _activate(self) -> None:  # pragma: no cover - per backend
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        pass
+
+    # -- inference ------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            vocab = self.bundle / self.manifest["tokenizer"]["vocab"]
+            self._tokenizer = Tokenizer(vocab, context_length=self.context_length)
+        return self._tokenizer
+
+    def infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+        """``input_ids`` int64 [B, L] -> (memory float32 [B, L, 256], mask bool [B, L])."""
+        raise NotImplementedError
+
+    def encode(self, prompts: Sequence[str] | str, batch_size: int = 64, progress=None) -> Encoded:
+        """Tokenize with the bundle's vocabulary and run the model in batches."""
+        if not self.is_active:
+            raise EdgesegError("runner is not active: call activate() or use it as a context manager")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokens = self.tokenizer(list(prompts), self.context_length)
+        memories, masks = [], []
+        for start in range(0, len(tokens.ids), batch_size):
+            memory, mask = self.infer(tokens.ids[start:start + batch_size])
+            memories.append(memory)
+            masks.append(mask)
+            if progress is not None:
+                progress(len(memory))
+        return Encoded(tokens.ids, np.concatenate(masks), np.concatenate(memories), tokens.truncated)
+
+    def self_check(self) -> dict[str, float]:
+        """Run the bundle's reference ids and compare with the FP32 reference outputs."""
+        ref = load_reference(self.bundle, self.manifest)
+        memory, mask = self.infer(ref["input_ids"])
+        if not np.array_equal(mask, ref["mask"]):
+            raise EdgesegError(f"bundle {self.bundle} fails its self-check: the padding mask differs")
+        return token_fidelity(memory, ref["memory"], ref["mask"])

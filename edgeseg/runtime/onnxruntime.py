@@ -1,0 +1,40 @@
+"""ONNX Runtime backend (CPU by default; CUDA when the bundle's target asks and it is available)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime.base import Runner
+
+
+class OnnxRuntimeRunner(Runner):
+    session = None
+
+    def _activate(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EdgesegError("onnxruntime is not installed: pip install onnxruntime") from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(self.bundle / self.manifest["model"]), options,
+                                                providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for unreadable models
+            raise EdgesegError(f"ONNX Runtime cannot load {self.bundle / self.manifest['model']}: "
+                               f"{str(exc).splitlines()[0][:200]}") from exc
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] != self.context_length:
+            raise EdgesegError(f"input_ids must be [batch, {self.context_length}], got {list(ids.shape)}")
+        memory, mask = self.session.run(["memory", "mask"], {"input_ids": ids})
+        return memory, mask.astype(bool)
