@@ -218,6 +218,62 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
           f"max abs diff {manifest['export']['max_abs_diff']:.2e}")
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="INT8 bundle directory to write.")
+@click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
+              help="Calibration prompts, one per line (default: the shipped calibration split, 2,000 prompts).")
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N calibration prompts (faster, e.g. for the 353M-parameter teacher).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="Activation range calibration (static mode).")
+@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True,
+              help="static: explicit Q/DQ for TensorRT and ORT; dynamic: runtime activation scales (CPU only).")
+@click.option("--eval-prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts for the fidelity gate (default: the held-out eval split).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Evenly spaced prompts of the eval set used by the gate.")
+@click.option("--min-mean-cosine", type=float, default=0.999, show_default=True,
+              help="Gate: mean over prompts of the valid-token cosine, INT8 vs FP32.")
+@click.option("--min-worst-cosine", type=float, default=0.99, show_default=True,
+              help="Gate: the worst prompt's valid-token cosine.")
+@click.option("--float-embedding", is_flag=True, help="Keep the token-embedding table in FP32 (default: INT8 rows).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration_limit: int | None, method: str,
+             mode: str, eval_prompts: Path | None, eval_limit: int, min_mean_cosine: float,
+             min_worst_cosine: float, float_embedding: bool, threads: int | None) -> None:
+    """Quantize an FP32 ONNX bundle to INT8, calibrated on prompts and gated on fidelity.
+
+    Static mode writes explicit Q/DQ (symmetric INT8, per-channel weights, per-tensor activations)
+    on every weight-bearing MatMul/Gemm; LayerNorm, Softmax, GELU and residual Adds stay float. The
+    token-embedding table is stored INT8 with a scale per row. If INT8 vs FP32 on the eval prompts
+    misses the gate, the layers that add the most error are returned to float until it holds; the
+    manifest lists them. Never imports torch.
+    """
+    from edgeseg.corpus import load_split
+    from edgeseg.fileio import check_output_folder, read_prompts
+    from edgeseg.quantize import Gate, quantize_bundle
+
+    check_output_folder(out)
+    if calibration_file is not None:
+        calibration, calibration_name = read_prompts(calibration_file), calibration_file.name
+    else:
+        calibration, calibration_name = load_split("calibration"), "calibration/calibration.txt"
+    if calibration_limit:
+        calibration = calibration[:calibration_limit]
+    evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
+    step = max(1, len(evaluation) // eval_limit)
+    evaluation = evaluation[::step][:eval_limit]
+    manifest = quantize_bundle(bundle, out, calibration, evaluation, calibration_name=calibration_name,
+                               method=method, mode=mode, gate=Gate(min_mean_cosine, min_worst_cosine),
+                               embedding_int8=not float_embedding, threads=threads, progress=_note)
+    fid = manifest["fidelity"]
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    _note(f"INT8 ({mode}) -> {out}: {size / 1e6:.1f} MB, mean cosine {fid['mean_cosine']:.5f}, worst "
+          f"{fid['worst_cosine']:.5f} on {fid['prompts']} eval prompts; {len(manifest['excluded_layers'])} "
+          f"layer(s) kept in float")
+
+
 def _reference_prompts(path: Path | None, count: int = 48) -> list[str]:
     from edgeseg.fileio import read_prompts
 

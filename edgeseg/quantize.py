@@ -1,0 +1,344 @@
+"""FP32 ONNX bundle -> INT8 bundle, calibrated on prompts and gated on fidelity.
+
+Recipe (``mode="static"``, the TensorRT-ready default):
+
+* explicit Q/DQ (ONNX Runtime's QDQ quantizer): symmetric INT8, zero-point 0, per-channel weights,
+  per-tensor activations calibrated on token ids of the calibration prompts (``minmax``,
+  ``percentile`` or ``entropy``);
+* only weight-bearing ops are quantized: every MatMul/Gemm with a constant weight (S0's 1x1
+  convolutions are exported as MatMul). Attention's activation x activation MatMuls, LayerNorm,
+  Softmax, GELU and the residual Adds stay in float: those are where INT8 transformers break;
+* the token-embedding table is stored INT8 with one scale per row (symmetric): the graph gathers
+  INT8 rows and scales them, ``Gather(table_i8) -> Cast -> Mul(Gather(scales))``;
+* fidelity gate: INT8 vs the FP32 bundle on held-out prompts, per-prompt mean token cosine over
+  valid tokens; mean >= 0.999 and worst prompt >= 0.99 by default. If the gate fails, a
+  sensitivity pass ranks the quantized layers by the error each one adds on its own (its INT8
+  output vs its FP32 output, given FP32 inputs) and returns the worst to float, 1, 2, 4, ... at a
+  time, until the gate holds. The manifest lists the layers kept in float.
+
+``mode="dynamic"`` quantizes the same weights per channel and activations at run time (for CPU
+deployments; ONNX Runtime's MatMulInteger kernels), with the same INT8 embedding and gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg.bundle import bundle_writer, copy_into, finalize, tool_versions, verify_bundle
+from edgeseg.errors import EdgesegError
+from edgeseg.outputs import token_fidelity
+from edgeseg.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "percentile", "entropy")
+MODES = ("static", "dynamic")
+MIN_CALIBRATION_PROMPTS = 32
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Gate:
+    mean_cosine: float = 0.999
+    worst_cosine: float = 0.99
+
+    def passed(self, fidelity: dict[str, float]) -> bool:
+        return fidelity["mean_cosine"] >= self.mean_cosine and fidelity["worst_cosine"] >= self.worst_cosine
+
+
+# -- graph helpers ------------------------------------------------------------------------------
+def weight_bearing_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of MatMul/Gemm nodes whose second input is a constant (initializer) weight."""
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+
+
+def embedding_gathers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Gather nodes reading a 2-D float initializer with the vocabulary's 49,408 rows."""
+    inits = {i.name: i for i in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and len(table.dims) == 2 and table.dims[0] >= 49408 and \
+                table.data_type == TensorProto.FLOAT:
+            found.append(node)
+    return found
+
+
+def quantize_embedding_rows(model: onnx.ModelProto) -> int:
+    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved."""
+    inits = {i.name: i for i in model.graph.initializer}
+    saved = 0
+    for node in embedding_gathers(model):
+        table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+        base = node.input[0]
+        model.graph.initializer.remove(inits[base])
+        model.graph.initializer.extend([
+            numpy_helper.from_array(q, base + "_int8"),
+            numpy_helper.from_array(scale.astype(np.float32), base + "_row_scale"),
+        ])
+        out, ids = node.output[0], node.input[1]
+        position = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        new_nodes = [
+            helper.make_node("Gather", [base + "_int8", ids], [out + "_i8"], name=node.name + "_int8", axis=0),
+            helper.make_node("Cast", [out + "_i8"], [out + "_f"], name=node.name + "_cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [base + "_row_scale", ids], [out + "_s"], name=node.name + "_scale", axis=0),
+            helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=node.name + "_dequant"),
+        ]
+        for offset, new in enumerate(new_nodes):
+            model.graph.node.insert(position + offset, new)
+        saved += table.nbytes - q.nbytes - scale.nbytes
+    return saved
+
+
+# -- calibration --------------------------------------------------------------------------------
+class _IdsReader:
+    """ONNX Runtime CalibrationDataReader over batches of token ids."""
+
+    def __init__(self, ids: np.ndarray, batch: int):
+        self._batches = [ids[i:i + batch] for i in range(0, len(ids), batch)]
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._batches):
+            return None
+        self._next += 1
+        return {"input_ids": self._batches[self._next - 1]}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[str], cache: Path,
+              calib_ids: np.ndarray | None, embedding_int8: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    model = onnx.load(str(fp32))
+    targets = [n for n in weight_bearing_nodes(model) if n not in set(exclude)]
+    if mode == "static":
+        calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                     "entropy": CalibrationMethod.Entropy}[method]
+        reader = _IdsReader(calib_ids, 32) if calib_ids is not None else None
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True}
+        if method == "percentile":
+            extra["CalibPercentile"] = 99.999
+        quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        nodes_to_quantize=targets or ["<none>"], calibrate_method=calibrate,
+                        extra_options=extra, calibration_cache_path=str(cache))
+    else:
+        quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                         nodes_to_quantize=targets or ["<none>"], extra_options={"MatMulConstBOnly": True})
+    q = onnx.load(str(out))
+    if embedding_int8:
+        quantize_embedding_rows(q)
+    onnx.save(q, str(out))
+
+
+def _run(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = ()) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    model_path = str(path)
+    if extra_outputs:
+        model = onnx.load(model_path)
+        known = {o.name for o in model.graph.output}
+        model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                  for n in extra_outputs if n not in known)
+        fd, model_path = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+        os.close(fd)
+        onnx.save(model, model_path)
+    try:
+        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        names = ["memory", "mask", *extra_outputs]
+        results: list[list[np.ndarray]] = [[] for _ in names]
+        for start in range(0, len(ids), 64):
+            for slot, value in zip(results, session.run(names, {"input_ids": ids[start:start + 64]})):
+                slot.append(value)
+        return [np.concatenate(r) for r in results]
+    finally:
+        if extra_outputs:
+            os.unlink(model_path)
+
+
+# -- sensitivity --------------------------------------------------------------------------------
+def layer_sensitivity(fp32: Path, qdq: Path, ids: np.ndarray, threads: int | None = None) -> list[tuple[str, float]]:
+    """Rank the quantized layers of a static Q/DQ model by the relative error each adds on its own.
+
+    For each quantized MatMul, the FP32 model's input activation is fake-quantized with the scale
+    the Q/DQ model uses, multiplied by the Q/DQ model's dequantized weight, and compared with the
+    FP32 product: ``||x_q W_q - x W|| / ||x W||`` over the given prompts. Largest first.
+    """
+    fmodel, qmodel = onnx.load(str(fp32)), onnx.load(str(qdq))
+    f_nodes = {n.name: n for n in fmodel.graph.node}
+    f_inits = {i.name: i for i in fmodel.graph.initializer}
+    q_inits = {i.name: numpy_helper.to_array(i) for i in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    layers = []
+    for node in qmodel.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.name not in f_nodes:
+            continue
+        dq_a, dq_w = producer.get(node.input[0]), producer.get(node.input[1])
+        if dq_a is None or dq_w is None or dq_a.op_type != "DequantizeLinear" or dq_w.op_type != "DequantizeLinear":
+            continue
+        a_scale = float(q_inits[dq_a.input[1]])
+        w_int = q_inits[dq_w.input[0]].astype(np.float32)
+        w_scale = q_inits[dq_w.input[1]]
+        axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1)
+        shape = [1] * w_int.ndim
+        shape[axis] = -1
+        layers.append((node.name, f_nodes[node.name].input[0], a_scale, w_int * w_scale.reshape(shape),
+                       numpy_helper.to_array(f_inits[f_nodes[node.name].input[1]])))
+    if not layers:
+        return []
+    activations = _run(fp32, ids, threads, extra_outputs=[layer[1] for layer in layers])[2:]
+    scores = []
+    for (name, _, a_scale, w_q, w), x in zip(layers, activations):
+        x_q = np.clip(np.rint(x / a_scale), -127, 127) * a_scale  # symmetric INT8, zero-point 0
+        exact = x @ w
+        err = np.linalg.norm(x_q @ w_q - exact) / max(np.linalg.norm(exact), 1e-12)
+        scores.append((name, float(err)))
+    return sorted(scores, key=lambda item: -item[1])
+
+
+# -- the whole step -----------------------------------------------------------------------------
+def prompts_hash(prompts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+
+
+def quantize_bundle(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    calibration_prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    calibration_name: str = "calibration",
+    method: str = "minmax",
+    mode: str = "static",
+    gate: Gate = Gate(),
+    embedding_int8: bool = True,
+    threads: int | None = None,
+    sensitivity_prompts: int = 64,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Quantize the FP32 ONNX bundle ``src`` into an INT8 bundle at ``out``; returns its manifest."""
+    if method not in METHODS:
+        raise EdgesegError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if mode not in MODES:
+        raise EdgesegError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    src = Path(src)
+    manifest = verify_bundle(src)
+    if manifest["precision"] != "fp32" or manifest["backend"] != "onnxruntime":
+        raise EdgesegError(f"{src} is a {manifest['precision']} {manifest['backend']} bundle; quantize needs an "
+                           "FP32 ONNX bundle (edgeseg export)")
+    if mode == "static" and len(calibration_prompts) < MIN_CALIBRATION_PROMPTS:
+        raise EdgesegError(f"calibration needs at least {MIN_CALIBRATION_PROMPTS} prompts, "
+                           f"got {len(calibration_prompts)}")
+    if not eval_prompts:
+        raise EdgesegError("the fidelity gate needs evaluation prompts")
+    say = progress or (lambda message: log.info("%s", message))
+    length = int(manifest["context_length"])
+    tokenizer = Tokenizer(src / manifest["tokenizer"]["vocab"], context_length=length)
+    calib_ids = tokenizer(list(calibration_prompts), length).ids if mode == "static" else None
+    eval_ids = tokenizer(list(eval_prompts), length).ids
+    fp32 = src / manifest["model"]
+
+    with bundle_writer(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+        work = Path(work)
+        cache = work / "calibration_cache.json"
+        model_path = tmp / MODEL_FILE
+        say(f"running FP32 reference on {len(eval_ids)} evaluation prompts")
+        ref_memory, ref_mask = _run(fp32, eval_ids, threads)
+        candidates = weight_bearing_nodes(onnx.load(str(fp32), load_external_data=False))
+
+        def attempt(exclude: Sequence[str]) -> dict[str, float]:
+            _quantize(fp32, model_path, mode, method, exclude, cache, calib_ids, embedding_int8)
+            memory, mask = _run(model_path, eval_ids, threads)
+            if not np.array_equal(mask, ref_mask):
+                raise EdgesegError("quantized model changed the padding mask")
+            return token_fidelity(memory, ref_memory, ref_mask)
+
+        say(f"{mode} INT8 ({method}) of {len(candidates)} weight-bearing layers")
+        excluded: list[str] = []
+        fidelity = attempt(excluded)
+        say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, worst {fidelity['worst_cosine']:.5f}")
+        ranking: list[tuple[str, float]] = []
+        if not gate.passed(fidelity):
+            sens_ids = calib_ids[:sensitivity_prompts] if calib_ids is not None else eval_ids[:sensitivity_prompts]
+            if mode == "static":
+                ranking = layer_sensitivity(fp32, model_path, sens_ids, threads)
+            else:  # dynamic scales follow each batch; rank by weight quantization error alone
+                ranking = _weight_sensitivity(fp32)
+            count = 1
+            while not gate.passed(fidelity) and count <= len(ranking):
+                excluded = [name for name, _ in ranking[:count]]
+                say(f"gate not met: keeping {count} most sensitive layer(s) in float")
+                fidelity = attempt(excluded)
+                say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, "
+                    f"worst {fidelity['worst_cosine']:.5f}")
+                count = count * 2 if count * 2 <= len(ranking) or count == len(ranking) else len(ranking)
+            if not gate.passed(fidelity):
+                raise EdgesegError(
+                    f"the fidelity gate (mean >= {gate.mean_cosine}, worst >= {gate.worst_cosine}) cannot be met "
+                    f"even with every layer in float (mean {fidelity['mean_cosine']:.5f}, worst "
+                    f"{fidelity['worst_cosine']:.5f}); lower the gate or disable the INT8 embedding")
+        for name in manifest["files"]:
+            if name != manifest["model"]:
+                copy_into(tmp, src / name, name)
+        new_manifest = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "created")}
+        new_manifest.update({
+            "precision": "int8",
+            "quantization": {
+                "mode": mode, "format": "qdq" if mode == "static" else "onnxruntime-dynamic",
+                "weights": "int8 symmetric per-channel", "activations":
+                    "int8 symmetric per-tensor (calibrated)" if mode == "static" else "int8 per batch (dynamic)",
+                "op_types": ["MatMul", "Gemm"], "float_ops": ["LayerNormalization", "Softmax", "Add", "Erf",
+                                                            "activation x activation MatMul"],
+                "embedding": "int8 per-row symmetric" if embedding_int8 else "float32",
+                "quantized_layers": len(candidates) - len(excluded), "layers": len(candidates),
+            },
+            "calibration": None if mode == "dynamic" else {
+                "name": calibration_name, "sha256": prompts_hash(calibration_prompts),
+                "count": len(calibration_prompts), "method": method,
+            },
+            "fidelity": {**fidelity, "vs": "fp32 bundle", "split": "eval", "gate": {
+                "mean_cosine": gate.mean_cosine, "worst_cosine": gate.worst_cosine}, "passed": True},
+            "excluded_layers": excluded,
+            "sensitivity": [{"layer": n, "relative_error": e} for n, e in ranking[:16]],
+            "source_bundle": {"precision": manifest["precision"], "model_sha256": manifest["files"][
+                manifest["model"]]["sha256"]},
+            "tools": tool_versions("onnx", "onnxruntime", "numpy"),
+        })
+        result = finalize(tmp, new_manifest)
+    return result
+
+
+def _weight_sensitivity(fp32: Path) -> list[tuple[str, float]]:
+    """Rank weight-bearing layers by the relative error of per-channel symmetric INT8 weights."""
+    model = onnx.load(str(fp32))
+    inits = {i.name: i for i in model.graph.initializer}
+    scores = []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm") and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127
+            err = np.linalg.norm(np.rint(w / scale) * scale - w) / max(np.linalg.norm(w), 1e-12)
+            scores.append((node.name, float(err)))
+    return sorted(scores, key=lambda item: -item[1])
