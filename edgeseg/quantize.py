@@ -134,7 +134,8 @@ def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[s
         calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                      "entropy": CalibrationMethod.Entropy}[method]
         reader = _IdsReader(calib_ids, 32) if calib_ids is not None else None
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True}
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                 "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
         quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
