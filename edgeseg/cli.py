@@ -195,7 +195,7 @@ def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, co
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
-                   "(default: 48 prompts of the held-out eval split).")
+                   "(default: 32 prompts of the held-out eval split).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str, opset: int,
@@ -274,7 +274,7 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
           f"layer(s) kept in float")
 
 
-def _reference_prompts(path: Path | None, count: int = 48) -> list[str]:
+def _reference_prompts(path: Path | None, count: int = 32) -> list[str]:
     from edgeseg.fileio import read_prompts
 
     if path is not None:
