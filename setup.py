@@ -22,6 +22,7 @@ setup(
         "regex",
         "safetensors",
         "tqdm",
+        "matplotlib",  # PNG plots of analyze/bench reports (imported lazily)
     ],
     extras_require={
         # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and

@@ -34,7 +34,7 @@ import numpy as np
 
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import atomic_path, sha256_file
+from edgeseg.fileio import atomic_path, check_output_folder, sha256_file
 
 FORMAT = "edgeseg-bundle"
 FORMAT_VERSION = 1
@@ -70,12 +70,21 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def check_bundle_target(out: str | os.PathLike) -> Path:
+    """Fail early unless ``out`` can become a bundle: absent, empty, or an existing bundle."""
+    out = Path(out)
+    check_output_folder(out)
+    if out.exists() and not out.is_dir():
+        raise EdgesegError(f"{out} exists and is not a directory: refusing to replace it with a bundle")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise EdgesegError(f"{out} exists and is not a bundle: refusing to replace it")
+    return out
+
+
 @contextmanager
 def bundle_writer(out: str | os.PathLike) -> Iterator[Path]:
     """A temporary directory to fill; renamed onto ``out`` when the block ends without error."""
-    out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise EdgesegError(f"{out} exists and is not a bundle: refusing to replace it")
+    out = check_bundle_target(out)
     with atomic_path(out, directory=True) as tmp:
         yield tmp
 
@@ -116,6 +125,13 @@ def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise EdgesegError(f"{path} lacks required field(s): {', '.join(missing)}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
+        raise EdgesegError(f"{path} is malformed: 'files' must map file names to {{sha256, bytes}}")
+    for name in [*files, manifest["model"]]:
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise EdgesegError(f"{path} is malformed: file name {name!r} points outside the bundle")
     return manifest
 
 

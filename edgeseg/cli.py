@@ -207,10 +207,10 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
     weights are not in the graph. The bundle holds model.onnx, the tokenizer vocabulary, reference
     inputs/outputs and manifest.json (sha256 of every file); it is written atomically.
     """
+    from edgeseg.bundle import check_bundle_target
     from edgeseg.export import export_bundle
-    from edgeseg.fileio import check_output_folder
 
-    check_output_folder(out)
+    check_bundle_target(out)
     prompts = _reference_prompts(reference_prompts)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed)
     manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset)
@@ -250,11 +250,12 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     misses the gate, the layers that add the most error are returned to float until it holds; the
     manifest lists them. Never imports torch.
     """
+    from edgeseg.bundle import check_bundle_target
     from edgeseg.corpus import load_split
-    from edgeseg.fileio import check_output_folder, read_prompts
+    from edgeseg.fileio import read_prompts
     from edgeseg.quantize import Gate, quantize_bundle
 
-    check_output_folder(out)
+    check_bundle_target(out)
     if calibration_file is not None:
         calibration, calibration_name = read_prompts(calibration_file), calibration_file.name
     else:
@@ -272,6 +273,53 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     _note(f"INT8 ({mode}) -> {out}: {size / 1e6:.1f} MB, mean cosine {fid['mean_cosine']:.5f}, worst "
           f"{fid['worst_cosine']:.5f} on {fid['prompts']} eval prompts; {len(manifest['excluded_layers'])} "
           f"layer(s) kept in float")
+
+
+@cli.command()
+@click.option("--prompts", "prompts_files", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Prompt files, UTF-8, one prompt per line: --prompts A.txt B.txt ... (each file's stem names "
+                   "its source).")
+@click.argument("more_prompts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output folder: analysis.json, report.md, vocabulary.txt, PNG plots (written atomically).")
+@click.option("--contexts", default="8,16,32", show_default=True, help="Comma-separated context lengths to tabulate.")
+@click.option("--encoder", default="sam3", show_default=True, help=ENCODER_HELP + " Used by the embedding part.")
+@click.option("--teacher-checkpoint", "--checkpoint", "checkpoint", type=click.Path(path_type=Path), default=None,
+              help=CHECKPOINT_HELP)
+@click.option("--no-embedding", is_flag=True, help="Skip the embedding part (no model is built).")
+@click.option("--sample", type=click.IntRange(min=3), default=512, show_default=True,
+              help="Prompts (with distinct tokens) sampled for the embedding part, seeded.")
+@click.option("--max-truncation", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True,
+              help="Recommend the smallest context (4..77) truncating fewer than this fraction of prompts.")
+@click.option("--coverage", type=click.FloatRange(0, 1, min_open=True), default=0.999, show_default=True,
+              help="Token-occurrence coverage for the recommended vocabulary size (100% is reported too).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of random weights.")
+def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out: Path, contexts: str, encoder: str,
+            checkpoint: Path | None, no_embedding: bool, sample: int, max_truncation: float, coverage: float,
+            seed: int) -> None:
+    """Prompt anatomy: token lengths, vocabulary and embedding of a prompt corpus, with recommendations.
+
+    A prompt's length n is its content tokens + 2 (SOT, EOT). For each context length L: density
+    mean(min(n, L)) / L, padding 1 - density, the fraction of prompts truncated (n > L) and of tokens
+    lost. Vocabulary: distinct ids, coverage of token occurrences, the pruned id set. Embedding: PCA
+    and a TwoNN intrinsic dimension of the pooled memory of a seeded sample (random weights without
+    --teacher-checkpoint). See report.md in --out for all definitions.
+    """
+    from edgeseg.analyze import parse_contexts
+    from edgeseg.analyze import run as run_analysis
+
+    lengths = parse_contexts(contexts)
+    if no_embedding and checkpoint is not None:
+        _note("--no-embedding: --teacher-checkpoint is not used")
+    result = run_analysis([*prompts_files, *more_prompts], out, contexts=lengths, encoder=encoder,
+                          checkpoint=checkpoint, embedding=not no_embedding, sample=sample,
+                          max_truncation=max_truncation, coverage=coverage, seed=seed, note=_note)
+    timing, rec = result["timing_s"], result["recommendation"]
+    emb = f", embedding {timing['embedding']:.1f} s" if "embedding" in timing else ""
+    _note(f"analyzed {result['inputs']['prompts']:,} prompt(s) ({result['inputs']['unique_prompts']:,} distinct) "
+          f"from {len(result['inputs']['files'])} file(s): length+vocabulary {timing['length_and_vocabulary']:.1f} s"
+          f"{emb}, total {timing['total']:.1f} s; recommended context {rec['context_length']}, vocabulary "
+          f"{rec['vocabulary']['vocabulary_size']:,} ids at {rec['vocabulary']['coverage']:.1%} coverage -> {out}")
 
 
 def _reference_prompts(path: Path | None, count: int = 32) -> list[str]:

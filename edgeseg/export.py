@@ -50,6 +50,7 @@ class OnnxExportWrapper(nn.Module):
 def inference_copy(model: TextEncoder) -> TextEncoder:
     """A float32 CPU copy in eval mode with training-form blocks fused."""
     clone = copy.deepcopy(model).float().cpu().eval()
+    clone.static_length = True
     if isinstance(clone, MobileCLIPTextEncoder):
         fuse_repmixer_blocks(clone)
     return clone
@@ -100,8 +101,11 @@ def export_bundle(
     the bundle for on-device self-checks.
     """
     tokens = get_tokenizer()(list(reference_prompts), model.context_length)
+    reference = model
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
+        reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
     with torch.no_grad():
-        ref_memory, ref_mask = model.float().cpu().eval()(torch.from_numpy(tokens.ids))
+        ref_memory, ref_mask = reference(torch.from_numpy(tokens.ids))
     ref_memory, ref_mask = ref_memory.numpy(), ref_mask.numpy()
     with bundle_writer(out) as tmp:
         export_onnx(model, tmp / MODEL_FILE, opset)

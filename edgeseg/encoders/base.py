@@ -35,6 +35,9 @@ class TextEncoder(nn.Module):
         self.config = dict(config)
         self.context_length = int(context_length)
         self.output_dim = int(config["output_dim"])
+        #: when True, forward assumes ids of exactly ``context_length`` tokens and slices with that
+        #: constant, so a traced graph has static shapes (export sets it on its inference copy)
+        self.static_length = False
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

@@ -149,9 +149,6 @@ class _PositionalEmbedding(nn.Module):
         super().__init__()
         self.pos_embed = _PositionTable(rows, dim)
 
-    def forward(self, length: int) -> torch.Tensor:
-        return self.pos_embed.pos_embed[0, 0, :length]
-
 
 class _MobileCLIPTextTransformer(nn.Module):
     def __init__(self, cfg: dict[str, Any], context_length: int):
@@ -173,7 +170,8 @@ class _MobileCLIPTextTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         tokens = self.embedding_layer(input_ids)
-        x = tokens + self.positional_embedding(input_ids.shape[1]).to(tokens.dtype)
+        # The model runs at exactly C tokens (checked by the caller): the whole table, a constant.
+        x = tokens + self.positional_embedding.pos_embed.pos_embed[0, 0].to(tokens.dtype)
         for block in self.transformer:
             x = block(x)
         return self.final_layer_norm(x)

@@ -87,8 +87,8 @@ class _CausalTextTransformer(nn.Module):
         causal = torch.full((rows, rows), float("-inf")).triu_(1)
         self.register_buffer("attn_mask", causal, persistent=False)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        length = input_ids.shape[1]
+    def forward(self, input_ids: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        length = input_ids.shape[1] if length is None else length
         x = self.token_embedding(input_ids) + self.positional_embedding[:length]
         x = self.transformer(x, self.attn_mask[:length, :length].to(x.dtype))
         return self.ln_final(x)
@@ -105,4 +105,5 @@ class SAM3TextEncoder(TextEncoder):
         self.resizer = nn.Linear(config["width"], config["output_dim"])
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.resizer(self.encoder(input_ids)), self.padding_mask(input_ids)
+        length = self.context_length if self.static_length else None
+        return self.resizer(self.encoder(input_ids, length)), self.padding_mask(input_ids)

@@ -57,8 +57,18 @@ class Runner:
             self._tokenizer = Tokenizer(vocab, context_length=self.context_length)
         return self._tokenizer
 
-    def infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    def infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``input_ids`` int64 [B, L] -> (memory float32 [B, L, 256], mask bool [B, L])."""
+        if not self.is_active:
+            raise EdgesegError("runner is not active: call activate() or use it as a context manager")
+        ids = np.asarray(input_ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise EdgesegError(f"input_ids must be integer token ids, got {ids.dtype}")
+        if ids.ndim != 2 or ids.shape[1] != self.context_length:
+            raise EdgesegError(f"input_ids must be [batch, {self.context_length}], got {list(ids.shape)}")
+        return self._infer(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def _infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
     def encode(self, prompts: Sequence[str] | str, batch_size: int = 64, progress=None) -> Encoded:
@@ -68,6 +78,9 @@ class Runner:
         if isinstance(prompts, str):
             prompts = [prompts]
         tokens = self.tokenizer(list(prompts), self.context_length)
+        if not len(tokens.ids):
+            empty = np.zeros((0, self.context_length, int(self.manifest["outputs"][0]["shape"][-1])), np.float32)
+            return Encoded(tokens.ids, np.zeros((0, self.context_length), bool), empty, 0)
         memories, masks = [], []
         for start in range(0, len(tokens.ids), batch_size):
             memory, mask = self.infer(tokens.ids[start:start + batch_size])

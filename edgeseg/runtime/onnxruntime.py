@@ -32,9 +32,6 @@ class OnnxRuntimeRunner(Runner):
     def _deactivate(self) -> None:
         self.session = None
 
-    def infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        if ids.ndim != 2 or ids.shape[1] != self.context_length:
-            raise EdgesegError(f"input_ids must be [batch, {self.context_length}], got {list(ids.shape)}")
-        memory, mask = self.session.run(["memory", "mask"], {"input_ids": ids})
+    def _infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        memory, mask = self.session.run(["memory", "mask"], {"input_ids": input_ids})
         return memory, mask.astype(bool)
