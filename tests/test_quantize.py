@@ -138,6 +138,7 @@ def test_sensitivity_fallback_returns_the_planted_layer_to_float(prompts, tmp_pa
     assert manifest["excluded_layers"], "the planted outlier should have failed the first attempt"
     assert "transformer.2/pre_norm_ffn/pre_norm_ffn.1/MatMul" in manifest["excluded_layers"][0]
     assert manifest["sensitivity"][0]["layer"] == manifest["excluded_layers"][0]
+    assert manifest["sensitivity"][0]["score"] > 10 * manifest["sensitivity"][1]["score"]
     assert manifest["fidelity"]["mean_cosine"] >= 0.99
     ids = get_tokenizer()(prompts[1], 16).ids
     ref, mask = _run(fp32 / "model.onnx", ids)
