@@ -1,5 +1,5 @@
 # edgeseg developer entry points. `make demo` and `make test` work on a fresh machine: they create
-# .venv, install torch 2.14.1 + torchvision 0.29.1 first, then edgeseg with its [sam3,dev] extras.
+# .venv, install torch 2.14.1 + torchvision 0.29.1 first, then edgeseg with its [sam3,coreml,dev] extras.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.edgeseg-installed
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[sam3,dev]'
+	$(BIN)/python -m pip install -q -e '.[sam3,coreml,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

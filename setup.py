@@ -28,7 +28,8 @@ setup(
         # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and
         # torchvision without declaring them.
         "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil"],
-        "coreml": ["coremltools"],
+        "coreml": ["coremltools>=8"],  # 9.0 tested (converts on Linux; predicts on macOS)
+        "tensorrt": ["tensorrt>=10"],  # GPU machines only; not installable in CI
         "dev": ["pytest", "ruff"],
     },
     entry_points={"console_scripts": ["edgeseg=edgeseg.cli:main"]},

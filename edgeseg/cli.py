@@ -322,6 +322,89 @@ def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out
           f"{rec['vocabulary']['vocabulary_size']:,} ids at {rec['vocabulary']['coverage']:.1%} coverage -> {out}")
 
 
+@cli.command()
+@click.option("--target", required=True, type=click.Choice(["onnx", "gpu", "jetson", "coreml"]),
+              help="onnx: ONNX Runtime; gpu: TensorRT engine built here; jetson: ONNX + build_engine.py for the "
+                   "device (built directly on a Jetson); coreml: model.mlpackage (iOS 17+ / macOS 14+).")
+@click.option("--encoder", default=None, help=ENCODER_HELP + " Either --encoder or --bundle.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Start from an ONNX bundle (edgeseg export / quantize) instead of a torch encoder.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
+@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
+              show_default=True, help=POSITION_HELP)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Default: int8 (static Q/DQ) for onnx/gpu/jetson, fp16 for coreml; with --bundle, the bundle's. "
+                   "Core ML int8 = 8-bit weights, FP16 activations.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Largest batch: TensorRT profile 1..N (opt 1); Core ML enumerated batch sizes 1..N.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts stored with FP32 outputs for self-checks (default: 32 prompts of the eval split).")
+@click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
+              help="INT8 calibration prompts (default: the shipped calibration split).")
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use the first N only.")
+@click.option("--eval-prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts for the INT8/FP16 fidelity gate (default: the held-out eval split).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Evenly spaced prompts of the eval set used by the gate.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="INT8 activation range calibration.")
+@click.option("--min-mean-cosine", type=float, default=0.999, show_default=True, help="INT8/FP16 gate: mean cosine.")
+@click.option("--min-worst-cosine", type=float, default=0.99, show_default=True, help="INT8/FP16 gate: worst prompt.")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
+@click.option("--hardware-compatible", is_flag=True, help="TensorRT: engine runs on any Ampere+ GPU (slower).")
+@click.option("--version-compatible", is_flag=True, help="TensorRT: engine runs on later TensorRT versions.")
+@click.option("--workspace-mib", type=click.IntRange(min=1), default=None, help="TensorRT builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache (default: ~/.cache/edgeseg/tensorrt-timing.cache).")
+@click.option("--float-embedding", is_flag=True, help="INT8: keep the token-embedding table FP32 (default: INT8 rows).")
+@click.option("--w8a8", is_flag=True, help="Core ML: 8-bit activations too (not implemented yet).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
+          position_table: str, precision: str | None, max_batch: int, out: Path, reference_prompts: Path | None,
+          calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
+          method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
+          version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,
+          w8a8: bool, threads: int | None, seed: int) -> None:
+    """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
+
+    Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
+    coreml needs coremltools (and --encoder). A summary of every stage is printed on stderr.
+    """
+    from edgeseg.bundle import check_bundle_target, verify_bundle
+    from edgeseg.corpus import load_split
+    from edgeseg.fileio import read_prompts
+    from edgeseg.quantize import Gate
+    from edgeseg.targets.pipeline import EngineOptions, Prompts, preflight, resolve_precision
+    from edgeseg.targets.pipeline import build as run_build
+
+    if (encoder is None) == (bundle is None):
+        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
+    if bundle is not None and (checkpoint is not None or context_length is not None):
+        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    check_bundle_target(out)
+    from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
+    precision = resolve_precision(target, precision, from_bundle)
+    facts = preflight(target, precision, bundle is not None, w8a8)
+    calibration, calibration_name = (read_prompts(calibration_file), calibration_file.name) if calibration_file \
+        else (load_split("calibration"), "calibration/calibration.txt")
+    evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
+    prompts = Prompts(_reference_prompts(reference_prompts), calibration[:calibration_limit], calibration_name,
+                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding)
+    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed) if encoder else None
+    result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,
+                       source=_source(checkpoint, seed) if encoder else None, max_batch=max_batch, opset=opset,
+                       method=method, gate=Gate(min_mean_cosine, min_worst_cosine),
+                       engine=EngineOptions(hardware_compatible, version_compatible, workspace_mib, None,
+                                            str(timing_cache) if timing_cache else None),
+                       w8a8=w8a8, threads=threads, progress=_note, facts=facts)
+    _note("build summary")
+    for line in result.summary():
+        click.echo(line, err=True)
+
+
 def _reference_prompts(path: Path | None, count: int = 32) -> list[str]:
     from edgeseg.fileio import read_prompts
 

@@ -124,12 +124,33 @@ class _IdsReader:
         self._next = 0
 
 
+class _DropPreprocessHint(logging.Filter):
+    """ONNX Runtime's quantizer logs a pre-processing hint on every call; our graphs need none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[str], cache: Path,
               calib_ids: np.ndarray | None, embedding_int8: bool) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
     model = onnx.load(str(fp32))
     targets = [n for n in weight_bearing_nodes(model) if n not in set(exclude)]
+    hint = _DropPreprocessHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        _quantize_with_ort(fp32, out, mode, method, targets, cache, calib_ids)
+    finally:
+        logging.getLogger().removeFilter(hint)
+    q = onnx.load(str(out))
+    if embedding_int8:
+        quantize_embedding_rows(q)
+    onnx.save(q, str(out))
+
+
+def _quantize_with_ort(fp32: Path, out: Path, mode: str, method: str, targets: list[str], cache: Path,
+                       calib_ids: np.ndarray | None) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
     if mode == "static":
         calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                      "entropy": CalibrationMethod.Entropy}[method]
@@ -145,10 +166,6 @@ def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[s
     else:
         quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_quantize=targets or ["<none>"], extra_options={"MatMulConstBOnly": True})
-    q = onnx.load(str(out))
-    if embedding_int8:
-        quantize_embedding_rows(q)
-    onnx.save(q, str(out))
 
 
 def _run(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = ()) -> list[np.ndarray]:

@@ -14,7 +14,11 @@ from edgeseg.bundle import verify_bundle
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.base import Runner
 
-BACKENDS = {"onnxruntime": "edgeseg.runtime.onnxruntime:OnnxRuntimeRunner"}
+BACKENDS = {
+    "onnxruntime": "edgeseg.runtime.onnxruntime:OnnxRuntimeRunner",
+    "tensorrt": "edgeseg.runtime.tensorrt:TensorRTRunner",
+    "coreml": "edgeseg.runtime.coreml:CoreMLRunner",
+}
 
 
 def runner_class(backend: str) -> type[Runner]:

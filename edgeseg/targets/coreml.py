@@ -1,0 +1,389 @@
+"""Core ML target: a torch encoder -> ``model.mlpackage`` (ML program) in a bundle.
+
+The package:
+
+* ML program, minimum deployment target iOS 17 / macOS 14 (spec version 8), FP16 compute
+  (``--precision fp32`` computes in FP32 and cannot use the Neural Engine), meant to be loaded with
+  ``computeUnits = .cpuAndNeuralEngine`` (recorded in the manifest; Core ML chooses at load time);
+* input ``input_ids`` **int32** ``[batch, L]`` (Core ML has no int64 inputs; ids < 49,408 fit),
+  batch enumerated as 1..max_batch (enumerated shapes, not ranges, so the Neural Engine can take them);
+* outputs ``memory`` float32 ``[batch, L, 256]`` and ``mask`` **int32** ``[batch, L]``, 1 = padding
+  (``input_ids == 0``), 0 = a real token (Core ML has no bool outputs);
+* ``--precision int8``: 8-bit weights (``linear_quantize_weights``: symmetric, per output channel,
+  every weight of more than 2,048 elements, the token embedding included), FP16 activations.
+  W8A8 (8-bit activations too) is not implemented.
+
+Conversion traces the inference copy of the encoder (:func:`edgeseg.export.inference_copy`, RepMixer
+fused). torch and coremltools are imported only inside the functions that need them. On Linux
+coremltools cannot run a model, so the package is checked by its spec (names, types, shapes,
+deployment target, op counts, quantized weights, size) and by an emulation of its stored weights
+in torch; on macOS it is also run and compared with the reference outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import platform
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.bundle import REFERENCE, bundle_writer, copy_into, finalize, save_reference, tool_versions
+from edgeseg.errors import EdgesegError
+from edgeseg.outputs import token_fidelity
+from edgeseg.tokenizer import VOCAB_FILENAME, VOCAB_MD5, default_vocab_path, get_tokenizer
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "model.mlpackage"
+SPEC_VERSION_IOS17 = 8  # Core ML specification version of iOS 17 / macOS 14
+WEIGHT_THRESHOLD = 2048  # weights with more elements are quantized (coremltools' default)
+MAX_ENUMERATED_BATCH = 64
+QUANTIZED_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
+#: Core ML (FP16 compute) vs the FP32 reference on macOS, per precision
+PREDICT_GATES = {"fp32": (0.9999, 0.999), "fp16": (0.999, 0.99), "int8": (0.995, 0.98)}
+
+
+def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[str, Any]]]:
+    """The Core ML contract as manifest entries (int32 ids in, int32 mask out)."""
+    return {
+        "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["batch", context_length]}],
+        "outputs": [
+            {"name": "memory", "dtype": "float32", "shape": ["batch", context_length, output_dim]},
+            {"name": "mask", "dtype": "int32", "shape": ["batch", context_length],
+             "values": "1 = padding (input_ids == 0), 0 = token"},
+        ],
+    }
+
+
+def require_coremltools():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("coremltools").setLevel(logging.ERROR)
+            import coremltools as ct
+    except ImportError as exc:
+        raise EdgesegError("coremltools not found: pip install coremltools (edgeseg's [coreml] extra) to build "
+                           "--target coreml") from exc
+    return ct
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    if not 1 <= max_batch <= MAX_ENUMERATED_BATCH:
+        raise EdgesegError(f"--max-batch {max_batch}: Core ML packages enumerate batch sizes 1..N, N <= "
+                           f"{MAX_ENUMERATED_BATCH}")
+    return list(range(1, max_batch + 1))
+
+
+def convert(model, precision: str, max_batch: int, w8a8: bool = False):
+    """Trace the encoder's inference copy and convert it to an ML program (``ct.models.MLModel``)."""
+    if w8a8:
+        raise EdgesegError("W8A8 Core ML (8-bit activations, coremltools' linear_quantize_activations with "
+                           "calibration) is not implemented; --precision int8 gives 8-bit weights with FP16 "
+                           "activations")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise EdgesegError(f"unknown precision {precision!r} for Core ML")
+    ct = require_coremltools()
+    import torch
+
+    from edgeseg.export import inference_copy
+
+    class CoreMLWrapper(torch.nn.Module):
+        """int32 ids in (cast to int64 inside); memory float32 and mask int32 (1 = padding) out."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids):
+            memory, mask = self.encoder(input_ids.long())
+            return memory.float(), mask.to(torch.int32)
+
+    length = model.context_length
+    wrapper = CoreMLWrapper(inference_copy(model)).eval()
+    example = torch.from_numpy(get_tokenizer()(["a dog"], length).ids.astype(np.int32))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, example)
+    shapes = ct.EnumeratedShapes(shapes=[[b, length] for b in batch_sizes(max_batch)], default=[1, length])
+    chatter = io.StringIO()  # coremltools' progress bars; logged at debug level
+    with warnings.catch_warnings(), contextlib.redirect_stderr(chatter):
+        warnings.simplefilter("ignore")
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.TensorType(name="input_ids", shape=shapes, dtype=np.int32)],
+            outputs=[ct.TensorType(name="memory", dtype=np.float32), ct.TensorType(name="mask", dtype=np.int32)],
+            convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS17,
+            compute_units=ct.ComputeUnit.CPU_AND_NE,
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+        )
+        if precision == "int8":
+            from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+            config = OptimizationConfig(global_config=OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+            mlmodel = linear_quantize_weights(mlmodel, config=config)
+    log.debug("coremltools: %s", chatter.getvalue())
+    mlmodel.short_description = f"edgeseg {model.name}: SAM3 text encoder (context {length})"
+    mlmodel.input_description["input_ids"] = f"int32 [batch, {length}] CLIP BPE token ids (SOT 49406, EOT 49407, pad 0)"
+    mlmodel.output_description["memory"] = f"float32 [batch, {length}, {model.output_dim}] SAM3 text memory"
+    mlmodel.output_description["mask"] = f"int32 [batch, {length}] padding mask: 1 = padding, 0 = token"
+    mlmodel.user_defined_metadata.update({
+        "edgeseg.encoder": model.name, "edgeseg.context_length": str(length), "edgeseg.precision": precision,
+        "edgeseg.mask": "1 = padding (input_ids == 0)",
+    })
+    return mlmodel
+
+
+# -- checking a package without running it ------------------------------------------------------
+def _dims(tensor_type) -> list[int | str]:
+    dims = []
+    for d in tensor_type.dimensions:
+        dims.append(int(d.constant.size) if d.WhichOneof("dimension") == "constant" else "batch")
+    return dims
+
+
+def inspect_package(path: str | os.PathLike) -> dict[str, Any]:
+    """Facts from a package's spec (works on any OS): I/O, deployment target, ops, quantized weights, size."""
+    ct = require_coremltools()
+    from coremltools.proto import FeatureTypes_pb2
+
+    path = Path(path)
+    spec = ct.utils.load_spec(str(path))
+
+    def feature(desc) -> dict[str, Any]:
+        array = desc.type.multiArrayType
+        shapes = [list(s.shape) for s in array.enumeratedShapes.shapes] if array.HasField("enumeratedShapes") else []
+        dtype = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array.dataType).lower()
+        return {"name": desc.name, "dtype": dtype, "shape": list(array.shape), "enumerated": shapes}
+
+    facts: dict[str, Any] = {
+        "spec_version": int(spec.specificationVersion),
+        "model_type": spec.WhichOneof("Type"),
+        "inputs": [feature(d) for d in spec.description.input],
+        "outputs": [feature(d) for d in spec.description.output],
+    }
+    if facts["model_type"] == "mlProgram":
+        function = spec.mlProgram.functions["main"]
+        block = function.block_specializations[function.opset]
+        ops = Counter(op.type for op in block.operations)
+        consts = {}
+        for op in block.operations:
+            if op.type == "const" and "val" in op.attributes:
+                tensor = op.attributes["val"].immediateValue.tensor
+                consts[op.outputs[0].name] = list(tensor.ints.values) or list(tensor.longInts.values)
+        out_types = {o.name: o.type.tensorType for op in block.operations for o in op.outputs}
+        quantized = [op for op in block.operations if op.type in QUANTIZED_OPS]
+        reshape_batches = []
+        for op in block.operations:
+            if op.type == "reshape":
+                target = consts.get(op.inputs["shape"].arguments[0].name) if "shape" in op.inputs else None
+                reshape_batches.append(target[0] if target else None)
+        facts.update({
+            "opset": function.opset,
+            "ops": dict(sorted(ops.items())),
+            "quantized_weights": len(quantized),
+            "quantized_elements": int(sum(np.prod([d.constant.size for d in op.outputs[0].type.tensorType.dimensions])
+                                          for op in quantized)),
+            "quantized_tensors": sorted(op.outputs[0].name for op in quantized),
+            "output_shapes": {name: _dims(out_types[name]) for name in block.outputs if name in out_types},
+            # A positive constant first dimension in a reshape would pin the batch size.
+            "batch_pinned_reshapes": sum(1 for b in reshape_batches if isinstance(b, int) and b > 0),
+        })
+    files = [p for p in path.rglob("*") if p.is_file()]
+    facts["bytes"] = sum(p.stat().st_size for p in files)
+    facts["weights_bytes"] = sum(p.stat().st_size for p in files if "weights" in p.parts)
+    return facts
+
+
+def check_spec(facts: dict[str, Any], context_length: int, max_batch: int, precision: str,
+               output_dim: int = 256) -> list[str]:
+    """Problems with a package's spec against the contract; empty when it is right."""
+    problems = []
+    if facts.get("model_type") != "mlProgram":
+        problems.append(f"not an ML program ({facts.get('model_type')})")
+    if facts.get("spec_version", 0) < SPEC_VERSION_IOS17:
+        problems.append(f"spec version {facts.get('spec_version')} is below iOS 17's ({SPEC_VERSION_IOS17})")
+    inputs = {i["name"]: i for i in facts.get("inputs", [])}
+    outputs = {o["name"]: o for o in facts.get("outputs", [])}
+    if list(inputs) != ["input_ids"]:
+        problems.append(f"inputs are {list(inputs)}, expected ['input_ids']")
+    else:
+        ids = inputs["input_ids"]
+        if ids["dtype"] != "int32":
+            problems.append(f"input_ids is {ids['dtype']}, expected int32")
+        expected = [[b, context_length] for b in range(1, max_batch + 1)]
+        if sorted(ids["enumerated"]) != expected:
+            problems.append(f"input_ids shapes {ids['enumerated']} != batch 1..{max_batch} x {context_length}")
+    if list(outputs) != ["memory", "mask"]:
+        problems.append(f"outputs are {list(outputs)}, expected ['memory', 'mask']")
+    else:
+        if outputs["memory"]["dtype"] != "float32":
+            problems.append(f"memory is {outputs['memory']['dtype']}, expected float32")
+        if outputs["mask"]["dtype"] != "int32":
+            problems.append(f"mask is {outputs['mask']['dtype']}, expected int32")
+    shapes = facts.get("output_shapes", {})
+    if shapes.get("memory") != ["batch", context_length, output_dim]:
+        problems.append(f"memory shape {shapes.get('memory')} != [batch, {context_length}, {output_dim}]")
+    if shapes.get("mask") != ["batch", context_length]:
+        problems.append(f"mask shape {shapes.get('mask')} != [batch, {context_length}]")
+    if facts.get("batch_pinned_reshapes"):
+        problems.append(f"{facts['batch_pinned_reshapes']} reshape(s) pin the batch size")
+    if precision == "int8" and not facts.get("quantized_weights"):
+        problems.append("--precision int8 but no weight is stored as 8-bit")
+    if precision != "int8" and facts.get("quantized_weights"):
+        problems.append(f"{precision} package holds 8-bit weights")
+    return problems
+
+
+# -- numeric checks ------------------------------------------------------------------------------
+def emulate_stored_weights(model, input_ids: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """Run the inference copy in torch with its weights as the package stores them, FP32 compute.
+
+    int8: every weight of more than 2,048 elements quantized symmetric per output channel (axis 0)
+    and dequantized, as ``linear_quantize_weights`` does; fp16: weights rounded to FP16; fp32: as is.
+    This checks the effect of the stored weights only: FP16 arithmetic is not emulated.
+    """
+    import torch
+
+    from edgeseg.export import inference_copy
+
+    clone = inference_copy(model)
+    with torch.no_grad():
+        for param in clone.parameters():
+            w = param.data
+            if precision == "int8" and w.dim() >= 2 and w.numel() > WEIGHT_THRESHOLD:
+                scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True) / 127.0
+                scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+                param.data = torch.clamp(torch.round(w / scale), -127, 127) * scale
+            elif precision in ("int8", "fp16"):
+                param.data = w.half().float()
+        memory, mask = clone(torch.from_numpy(input_ids))
+    return memory.numpy(), mask.numpy()
+
+
+def predict(package: str | os.PathLike, input_ids: np.ndarray, max_batch: int,
+            compute_units: str = "CPU_AND_NE") -> tuple[np.ndarray, np.ndarray]:
+    """Run a package with Core ML (macOS only) in batches; returns memory float32 and mask bool."""
+    if sys.platform != "darwin":
+        raise EdgesegError("Core ML runs packages on macOS 14+ / iOS 17+ only; on this OS the spec is checked instead")
+    ct = require_coremltools()
+    mlmodel = ct.models.MLModel(str(package), compute_units=getattr(ct.ComputeUnit, compute_units))
+    memories, masks = [], []
+    for start in range(0, len(input_ids), max_batch):
+        out = mlmodel.predict({"input_ids": input_ids[start:start + max_batch].astype(np.int32)})
+        memories.append(np.asarray(out["memory"], dtype=np.float32))
+        masks.append(np.asarray(out["mask"]) != 0)
+    return np.concatenate(memories), np.concatenate(masks)
+
+
+# -- the bundle ----------------------------------------------------------------------------------
+def coreml_bundle(
+    model,
+    out: str | os.PathLike,
+    precision: str,
+    max_batch: int,
+    reference_prompts: Sequence[str],
+    source: dict[str, Any],
+    w8a8: bool = False,
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Convert ``model`` and write a Core ML bundle at ``out``; returns (manifest, summary rows)."""
+    import torch
+
+    say = progress or (lambda message: log.info("%s", message))
+    require_coremltools()
+    length = model.context_length
+    tokens = get_tokenizer()(list(reference_prompts), length)
+    reference = model
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
+        reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
+    with torch.no_grad():
+        ref_memory, ref_mask = reference(torch.from_numpy(tokens.ids))
+    ref_memory, ref_mask = ref_memory.float().numpy(), ref_mask.numpy()
+    say(f"converting {model.name} to a Core ML ML program ({precision}, batch 1..{max_batch})")
+    mlmodel = convert(model, precision, max_batch, w8a8)
+    memory, mask = emulate_stored_weights(model, tokens.ids, precision)
+    if not np.array_equal(mask, ref_mask):
+        raise EdgesegError("Core ML weight emulation changed the padding mask")
+    emulated = token_fidelity(memory, ref_memory, ref_mask)
+    rows = []
+    with bundle_writer(out) as tmp:
+        mlmodel.save(str(tmp / PACKAGE))
+        facts = inspect_package(tmp / PACKAGE)
+        problems = check_spec(facts, length, max_batch, precision, model.output_dim)
+        if problems:
+            raise EdgesegError(f"the Core ML package fails its spec check: {'; '.join(problems)}")
+        predicted = None
+        if sys.platform == "darwin":
+            memory, mask = predict(tmp / PACKAGE, tokens.ids, max_batch)
+            if not np.array_equal(mask, ref_mask):
+                raise EdgesegError("Core ML changed the padding mask on the reference prompts")
+            predicted = token_fidelity(memory, ref_memory, ref_mask)
+            mean, worst = PREDICT_GATES[precision]
+            predicted.update({"gate": {"mean_cosine": mean, "worst_cosine": worst}, "compute_units": "CPU_AND_NE",
+                              "passed": predicted["mean_cosine"] >= mean and predicted["worst_cosine"] >= worst})
+            if not predicted["passed"]:
+                raise EdgesegError(f"Core ML vs FP32 reference: mean cosine {predicted['mean_cosine']:.5f}, worst "
+                                   f"{predicted['worst_cosine']:.5f} below the gate {mean} / {worst}")
+        copy_into(tmp, default_vocab_path(), VOCAB_FILENAME)
+        save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
+        manifest = finalize(tmp, {
+            "encoder": model.name,
+            "context_length": length,
+            "position_table": getattr(model, "position_table", None),
+            "precision": precision,
+            "target": "coreml",
+            "backend": "coreml",
+            # The package is a folder; its Manifest.json stands for it (the bundle lists files only).
+            "model": f"{PACKAGE}/Manifest.json",
+            **io_spec(length, model.output_dim),
+            "tokenizer": {"vocab": VOCAB_FILENAME, "vocab_md5": VOCAB_MD5, "sot_id": 49406, "eot_id": 49407,
+                          "pad_id": 0, "vocab_size": 49408, "cleaning": "sam3-lower", "id_map": None},
+            "source": source,
+            "coreml": {
+                "package": PACKAGE, "model_type": "mlProgram", "minimum_deployment_target": "iOS17 / macOS14",
+                "spec_version": facts["spec_version"], "compute_units": "CPU_AND_NE",
+                "compute_precision": "float32" if precision == "fp32" else "float16",
+                "weights": {"int8": "int8 symmetric per-channel (linear_quantize_weights), embedding included",
+                            "fp16": "float16", "fp32": "float32"}[precision],
+                "activations": "float32" if precision == "fp32" else "float16",
+                "batch_sizes": batch_sizes(max_batch), "max_batch": max_batch,
+                "ops": facts["ops"], "quantized_weights": facts["quantized_weights"],
+                "quantized_elements": facts["quantized_elements"], "package_bytes": facts["bytes"],
+                "weights_bytes": facts["weights_bytes"],
+                "checked": "spec + prediction" if predicted else "spec (Core ML cannot run on "
+                                                                     f"{platform.system()})",
+            },
+            "fidelity": {"emulated_weights": {**emulated, "vs": "torch fp32", "how": (
+                "torch with the stored weights, float32 compute (FP16 arithmetic not emulated)")},
+                "coreml": predicted},
+            "calibration": None,
+            "excluded_layers": [],
+            "reference": {"file": REFERENCE, "prompts": len(reference_prompts), "outputs": "torch fp32"},
+            "params": model.num_parameters(include_unused=False),
+            **(extra or {}),
+            "tools": tool_versions("torch", "coremltools", "numpy"),
+        })
+    size = facts["bytes"] / 1e6
+    rows.append(("target", f"{PACKAGE}: ML program, iOS 17+/macOS 14+, int32 ids, {facts['quantized_weights']} "
+                           f"8-bit weight tensor(s), {size:.1f} MB"))
+    rows.append(("check", f"spec OK ({sum(facts['ops'].values())} ops); stored-weight emulation vs FP32: mean cos "
+                          f"{emulated['mean_cosine']:.5f}, worst {emulated['worst_cosine']:.5f}"))
+    if predicted:
+        rows.append(("predict", f"Core ML ({predicted['compute_units']}) vs FP32: mean cos "
+                                f"{predicted['mean_cosine']:.5f}, worst {predicted['worst_cosine']:.5f}"))
+    else:
+        rows.append(("predict", f"not run: Core ML predicts on macOS only (this is {platform.system()})"))
+    return manifest, rows

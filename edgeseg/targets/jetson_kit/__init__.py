@@ -1,0 +1,10 @@
+"""The on-device kit copied into Jetson bundles: ``build_engine.py`` (numpy + TensorRT/polygraphy only).
+
+It is a module of this package so that the host build (``edgeseg build --target gpu``, or
+``--target jetson`` run on a Jetson) uses the very same engine-building and verification code as
+the script does on the device; :data:`SCRIPT` is the file copied into bundles.
+"""
+
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("build_engine.py")
