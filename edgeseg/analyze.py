@@ -356,12 +356,13 @@ def twonn(x: np.ndarray, discard: float = TWONN_DISCARD) -> dict[str, Any]:
     xs = log_mu[:keep]
     ys = -np.log(1.0 - empirical[:keep])
     denominator = float((xs * xs).sum())
-    dimension = float((xs * ys).sum() / denominator) if denominator > 0 else float("inf")
+    # all ratios 1 (every point equidistant from its two neighbours, e.g. a lattice): no estimate
+    dimension = float((xs * ys).sum() / denominator) if denominator > 0 else None
     total_log = float(log_mu.sum())
     return {
         "method": TWONN_METHOD,
         "dimension": dimension,
-        "mle": n / total_log if total_log > 0 else float("inf"),
+        "mle": n / total_log if total_log > 0 else None,
         "points": int(len(x)),
         "points_used": int(n),
         "points_in_fit": int(keep),
@@ -509,7 +510,9 @@ def run(paths: Sequence[str | Path], out: str | Path, *, contexts: Sequence[int]
     if embedding:
         from edgeseg.checkpoints import load_encoder
 
+        t0 = time.perf_counter()
         model = load_encoder(encoder, checkpoint, None, seed=seed)  # fails before the long work
+        timing["model"] = time.perf_counter() - t0
         if checkpoint is None:
             note(f"no --teacher-checkpoint given: {encoder} has RANDOM weights (seed {seed}); "
                  "the embedding part is not meaningful")
@@ -593,6 +596,10 @@ def _pct(value: float, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}%"
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
     lines = ["| " + " | ".join(header) + " |", rule]
@@ -613,10 +620,11 @@ def render_report(result: dict[str, Any]) -> str:
         lines.append("Embedding part: skipped (--no-embedding).")
     else:
         lines.append(f"Embedding part: {emb['encoder']}, **{emb['label']}**.")
+    extra = (f", building the model {timing['model']:.1f} s, embedding {timing['embedding']:.1f} s"
+             if "embedding" in timing else "")
     lines += ["", f"Time: length and vocabulary parts {timing['length_and_vocabulary']:.1f} s "
               f"(read {timing['read']:.1f} s, tokenize {timing['tokenize']:.1f} s, statistics "
-              f"{timing['statistics']:.1f} s)" + (f", embedding {timing['embedding']:.1f} s" if "embedding" in timing
-                                                 else "") + f", total {timing['total']:.1f} s.", ""]
+              f"{timing['statistics']:.1f} s){extra}, total {timing['total']:.1f} s.", ""]
 
     lines += ["## Definitions", ""]
     lines += [f"- **{key.replace('_', ' ')}**: {text}" for key, text in result["definitions"].items()]
@@ -639,8 +647,8 @@ def render_report(result: dict[str, Any]) -> str:
     lines += ["", f"Mean prompt length: paper {mean['paper']} tokens; ours {mean['ours_with_sot_eot']:.2f} with "
               f"SOT/EOT, {mean['ours_without_sot_eot']:.2f} without. The paper's exact length definition is not "
               "known to us (whether its 7.9 counts SOT and EOT), so compare with both. The paper's corpus is not "
-              "ours: differences in the table reflect what the prompts are (class names vs referring phrases), "
-              "not the tokenizer, which is SAM3's own.", ""]
+              "ours: the differences come from what the prompts are (see the per-source table: category names are "
+              "short, referring sentences long), not from the tokenizer, which is SAM3's own.", ""]
 
     lines += ["### Per context length (--contexts)", ""]
     lines += _table(["source", "L", "density", "padding", "truncated", "prompts truncated", "tokens lost"],
@@ -681,14 +689,16 @@ def render_report(result: dict[str, Any]) -> str:
                      f"{emb['sample']} sampled prompts ({emb['sample_rule']}, seed {emb['seed']}; "
                      f"{emb['sample_truncated']} truncated), width {emb['width']}.")
         lines.append("")
-        lines.append(f"- PCA ({pca['method']}): " + ", ".join(
-            f"{d['components']} components for {_pct(d['variance'], 0)}" for d in pca["dimensions"]) + ".")
-        lines.append(f"- Intrinsic dimension, {tw['method']}: **{tw['dimension']:.1f}** (maximum-likelihood "
-                     f"variant {tw['mle']:.1f}; {tw['points_used']} points, {tw['duplicates_dropped']} dropped).")
+        lines.append("- PCA: " + ", ".join(f"{d['components']} components for {_pct(d['variance'], 0)}"
+                                          for d in pca["dimensions"]) + f" of the variance. Method: {pca['method']}.")
+        lines.append(f"- Intrinsic dimension (TwoNN): **{_num(tw['dimension'])}** (maximum-likelihood variant "
+                     f"{_num(tw['mle'])}; {tw['points_used']} points used, {tw['duplicates_dropped']} dropped as "
+                     f"duplicates). Method: {tw['method']}.")
         lo, hi = emb["paper_intrinsic_dimension"]
         lines.append(f"- The paper reports about {lo}-{hi} of {PAPER['embedding_width']} dimensions for the "
-                     "trained teacher." + (" Random weights say nothing about that." if emb["weights"] == "random"
-                                           else ""))
+                     "trained teacher." + (" These are random weights: the figures describe an untrained network on "
+                                           "this sample, not what the teacher learned; pass --teacher-checkpoint "
+                                           "to compare." if emb["weights"] == "random" else ""))
     lines += ["", "## Recommendation", ""]
     at = rec["at_recommended"]
     if rec["context_length"] is None:
@@ -729,6 +739,7 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
     for c in contexts:
         ax.axvline(c + 0.5, color="tab:red", linestyle="--", linewidth=1)
         ax.text(c + 0.5, ax.get_ylim()[1] * 0.95, f" L={c}", color="tab:red", fontsize=8)
+    ax.set_xlim(-0.5, max(hist.size, max(contexts) + 4))
     ax.set_xlabel("prompt length n (content tokens + SOT + EOT)")
     ax.set_ylabel("fraction of prompts")
     ax.set_title(f"Token lengths: {result['inputs']['prompts']:,} prompts")
@@ -750,6 +761,7 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
     if rec is not None:
         ax.axvline(rec, color="gray", linestyle=":", label=f"recommended L={rec}")
     ax.set_xscale("log", base=2)
+    ax.set_xticks([2, 4, 8, 16, 32, 64], labels=["2", "4", "8", "16", "32", "64"])
     ax.set_xlabel("context length L")
     ax.set_ylabel("fraction")
     ax.set_ylim(0, 1.02)
@@ -785,7 +797,7 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
         tw = emb["twonn"]
         xs, ys = np.asarray(tw["fit"]["log_mu"]), np.asarray(tw["fit"]["minus_log_survival"])
         right.scatter(xs, ys, s=6, color="tab:purple")
-        if xs.size:
+        if xs.size and tw["dimension"] is not None:
             right.plot([0, xs.max()], [0, tw["dimension"] * xs.max()], color="black",
                        label=f"slope d = {tw['dimension']:.1f}")
             right.legend(fontsize=8)
