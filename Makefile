@@ -15,10 +15,14 @@ $(STAMP): setup.py
 
 setup: $(STAMP)
 
-# The main job: tokenize and encode the shipped sample prompts with the SAM3 teacher and every
-# student (random weights) and print a comparison table.
+# The main job (random weights): tokenize and encode the shipped sample prompts with the SAM3
+# teacher and every student and print a comparison table; then export MobileCLIP-S0 and the
+# teacher to ONNX, quantize S0 to INT8 (static Q/DQ and dynamic, calibrated and fidelity-gated)
+# and print a size / latency / memory / fidelity table (benchmarks/int8_bench.py --quick).
 demo: $(STAMP)
 	$(BIN)/edgeseg compare --prompts calibration/samples.txt
+	$(BIN)/python benchmarks/int8_bench.py --quick --skip-teacher-int8 --skip-all-int8 \
+		--work out/int8-work --out out/int8-report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
