@@ -150,6 +150,22 @@ def verify_bundle(bundle: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+STAMPS = ("files", "format", "format_version", "created")  # fields finalize() writes
+
+
+def inherited(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A source bundle's manifest without the fields :func:`finalize` writes, to derive a new one."""
+    return {k: v for k, v in manifest.items() if k not in STAMPS}
+
+
+def copy_files(directory: Path, src: Path, manifest: dict[str, Any], include_model: bool = True) -> None:
+    """Copy every file a source bundle lists (its model too unless ``include_model`` is False)."""
+    for name in manifest["files"]:
+        if include_model or name != manifest["model"]:
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            copy_into(directory, src / name, name)
+
+
 def copy_into(directory: Path, src: str | os.PathLike, name: str | None = None) -> str:
     """Copy a file into a bundle directory; return its name there."""
     name = name or Path(src).name

@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.bundle import bundle_writer, copy_into, finalize, tool_versions, verify_bundle
+from edgeseg.bundle import bundle_writer, copy_files, finalize, inherited, tool_versions, verify_bundle
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 from edgeseg.tokenizer import Tokenizer
@@ -379,10 +379,8 @@ def quantize_bundle(
                     f"the fidelity gate (mean >= {gate.mean_cosine}, worst >= {gate.worst_cosine}) cannot be met "
                     f"even with every layer in float (mean {fidelity['mean_cosine']:.5f}, worst "
                     f"{fidelity['worst_cosine']:.5f}); lower the gate or disable the INT8 embedding")
-        for name in manifest["files"]:
-            if name != manifest["model"]:
-                copy_into(tmp, src / name, name)
-        new_manifest = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "created")}
+        copy_files(tmp, src, manifest, include_model=False)
+        new_manifest = inherited(manifest)
         new_manifest.update({
             "precision": "int8",
             "quantization": {

@@ -225,7 +225,7 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
     import logging
     from pathlib import Path
 
-    from edgeseg.bundle import bundle_writer, copy_into, finalize, tool_versions, verify_bundle
+    from edgeseg.bundle import bundle_writer, copy_files, finalize, inherited, tool_versions, verify_bundle
     from edgeseg.errors import EdgesegError
     from edgeseg.outputs import token_fidelity
     from edgeseg.quantize import Gate
@@ -254,10 +254,8 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
         if not gate.passed(fidelity):
             raise EdgesegError(f"FP16 misses the fidelity gate: mean cosine {fidelity['mean_cosine']:.5f} (>= "
                                f"{gate.mean_cosine}), worst {fidelity['worst_cosine']:.5f} (>= {gate.worst_cosine})")
-        for name in manifest["files"]:
-            if name != manifest["model"]:
-                copy_into(tmp, src / name, name)
-        new = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "created")}
+        copy_files(tmp, src, manifest, include_model=False)
+        new = inherited(manifest)
         new.update({
             "precision": "fp16",
             "fp16": {"converter": "edgeseg.targets.fp16", "fp32_ops": list(KEEP_FP32),

@@ -25,7 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle import bundle_writer, copy_into, finalize, load_reference, tool_versions, verify_bundle
+from edgeseg.bundle import (
+    bundle_writer,
+    copy_files,
+    copy_into,
+    finalize,
+    inherited,
+    load_reference,
+    tool_versions,
+    verify_bundle,
+)
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 from edgeseg.targets import tensorrt as trt_target
@@ -83,9 +92,7 @@ def device_bundle(
     manifest = verify_bundle(stage)
     section = trt_target.engine_section(manifest, max_batch, options, built=False, onnx_name=manifest["model"])
     with bundle_writer(out) as tmp:
-        for name in manifest["files"]:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            copy_into(tmp, stage / name, name)
+        copy_files(tmp, stage, manifest)
         copy_into(tmp, SCRIPT, trt_target.SCRIPT_NAME)
         os.chmod(tmp / trt_target.SCRIPT_NAME, 0o755)
         say("checking the ONNX with ONNX Runtime on this host against the recorded FP32 outputs")
@@ -94,7 +101,7 @@ def device_bundle(
             raise EdgesegError(f"the Jetson bundle's ONNX does not match its reference outputs in ONNX Runtime "
                                f"(mean cosine {check['mean_cosine']:.5f}, worst {check['worst_cosine']:.5f}, mask "
                                f"{'equal' if check['mask_equal'] else 'differs'})")
-        new = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "created")}
+        new = inherited(manifest)
         new.update({
             "target": "jetson",
             "backend": "onnxruntime",  # until build_engine.py names model.engine (backend tensorrt)

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle import bundle_writer, copy_into, finalize, load_reference, tool_versions, verify_bundle
+from edgeseg.bundle import (
+    bundle_writer,
+    copy_files,
+    finalize,
+    inherited,
+    load_reference,
+    tool_versions,
+    verify_bundle,
+)
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 
@@ -75,9 +83,7 @@ def onnx_bundle(
     if manifest["backend"] != "onnxruntime":
         raise EdgesegError(f"{stage} is a {manifest['backend']} bundle, not an ONNX one")
     with bundle_writer(out) as tmp:
-        for name in manifest["files"]:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            copy_into(tmp, stage / name, name)
+        copy_files(tmp, stage, manifest)
         say("self-check with ONNX Runtime (the recorded session options) and latency on this host")
         session = ort.InferenceSession(str(tmp / manifest["model"]), session_options(threads), providers=PROVIDERS)
         reference = load_reference(tmp, manifest)
@@ -94,7 +100,7 @@ def onnx_bundle(
             raise EdgesegError("ONNX Runtime changed the padding mask on the reference prompts")
         latency = {f"batch_{b}": _latency_ms(session, np.concatenate([ids] * (-(-b // len(ids))))[:b])
                    for b in sorted({1, max_batch})}
-        new = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "created")}
+        new = inherited(manifest)
         new.update({
             "target": "onnx",
             "backend": "onnxruntime",

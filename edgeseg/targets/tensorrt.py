@@ -30,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle import bundle_writer, copy_into, finalize, load_reference, tool_versions, verify_bundle
+from edgeseg.bundle import (
+    bundle_writer,
+    copy_files,
+    copy_into,
+    finalize,
+    inherited,
+    load_reference,
+    tool_versions,
+    verify_bundle,
+)
 from edgeseg.errors import EdgesegError
 from edgeseg.targets.jetson_kit import SCRIPT
 from edgeseg.targets.jetson_kit import build_engine as kit
@@ -215,9 +224,7 @@ def build_engine_bundle(
     cache.parent.mkdir(parents=True, exist_ok=True)
     on_jetson = target == "jetson"
     with bundle_writer(out) as tmp:
-        for name in manifest["files"]:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            copy_into(tmp, stage / name, name)
+        copy_files(tmp, stage, manifest)
         copy_into(tmp, SCRIPT, SCRIPT_NAME)
         say(f"building a strongly typed {precision} TensorRT {trt.__version__} engine on {gpu['name']} "
             f"(batch 1..{max_batch})")
@@ -257,7 +264,7 @@ def build_engine_bundle(
             "timing_cache": str(cache), "comparison": {**comparison, "vs": "onnxruntime CPU on the same ONNX"},
             "verification": {**verification, "vs": "reference.npz (FP32)"}, "latency_ms": latency,
         }
-        new = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version", "created")}
+        new = inherited(manifest)
         new.update({"target": target, "backend": "tensorrt", "model": ENGINE_FILE, "engine": section,
                     "tensorrt": stamps, **(extra or {}),
                     "tools": tool_versions("onnx", "onnxruntime", "numpy", "polygraphy", "tensorrt")})
