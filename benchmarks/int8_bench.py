@@ -326,6 +326,14 @@ def build_bundles(specs: list[BundleSpec], work: Path, rebuild: bool, check_sour
         else:
             reason = "--rebuild" if rebuild else manifest_mismatch(spec, work, check_sources)
         entry: dict[str, Any] = {"command": "edgeseg " + shlex.join(spec.command(work))}
+        if reason is None and not check_sources:
+            stale = manifest_mismatch(spec, work, True)
+            if stale:
+                entry["stale"] = f"reused under --reuse-any: {stale}"
+                say(f"bundle {spec.key}: WARNING {entry['stale']}")
+        record = fingerprint_file(work, spec)
+        if reason is None and record.is_file():
+            entry["built_record"] = json.loads(record.read_text(encoding="utf-8"))
         if reason is None:
             say(f"bundle {spec.key}: reusing {work / spec.key}")
             entry.update(status="reused", build_s=None)
@@ -334,6 +342,7 @@ def build_bundles(specs: list[BundleSpec], work: Path, rebuild: bool, check_sour
             if (work / spec.key).exists():
                 shutil.rmtree(work / spec.key)
             fingerprint_file(work, spec).unlink(missing_ok=True)
+            fingerprint = source_fingerprint(spec)  # before the build: the sources it runs with
             start = time.perf_counter()
             log_path = work / f"{spec.key}.build.log"
             with open(log_path, "w", encoding="utf-8") as log:
@@ -351,7 +360,7 @@ def build_bundles(specs: list[BundleSpec], work: Path, rebuild: bool, check_sour
                 built[spec.key] = entry
                 continue
             entry.update(status="built", build_s=seconds)
-            record = {"sha256": source_fingerprint(spec), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            record = {"sha256": fingerprint, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       "command": entry["command"]}
             fingerprint_file(work, spec).write_text(json.dumps(record) + "\n", encoding="utf-8")
             say(f"bundle {spec.key}: built in {seconds:.0f} s")
@@ -654,6 +663,7 @@ def make_candidates(args: argparse.Namespace, available: dict[str, Path], specs:
 def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict[str, Any]:
     batches = args.batch_sizes
     plan: dict[tuple[str, int], int] = {}
+    estimates: dict[tuple[str, int], float] = {}
     say(f"latency: warm-up ({args.warmup} calls per candidate and batch)")
     for cand in candidates:
         for b in batches:
@@ -662,10 +672,24 @@ def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict
                 t0 = time.perf_counter()
                 cand.calls[b]()
                 times.append(time.perf_counter() - t0)
-            estimate = statistics.median(times)
-            plan[(cand.key, b)] = int(max(1, min(args.max_calls, round(args.target_s / max(estimate, 1e-6)))))
-            say(f"  {cand.key} batch {b}: ~{estimate * 1e3:.1f} ms/call -> {plan[(cand.key, b)]} call(s) per round")
+            estimates[(cand.key, b)] = statistics.median(times)
+    # Every candidate of a group (teacher / s0) makes the same number of calls per round, sized on the
+    # group's slowest, so no candidate gets more warm calls than another. Fast candidates (calls well under
+    # --target-s) also make one untimed call first in each block: it re-warms caches the teacher evicted,
+    # and is recorded apart as the "first call" latency.
+    rewarm: dict[tuple[str, int], bool] = {}
+    for b in batches:
+        for group in {c.group for c in candidates}:
+            members = [c for c in candidates if c.group == group]
+            slowest = max(estimates[(c.key, b)] for c in members)
+            calls = int(max(1, min(args.max_calls, round(args.target_s / max(slowest, 1e-6)))))
+            for c in members:
+                plan[(c.key, b)] = calls
+                rewarm[(c.key, b)] = args.block_warmup and estimates[(c.key, b)] < args.target_s / 2
+                say(f"  {c.key} batch {b}: ~{estimates[(c.key, b)] * 1e3:.1f} ms/call -> {calls} timed call(s) "
+                    f"per round{' after 1 untimed' if rewarm[(c.key, b)] else ''}")
     samples: dict[tuple[str, int], list[float]] = {k: [] for k in plan}
+    firsts: dict[tuple[str, int], list[float]] = {k: [] for k in plan}
     gc.collect()
     gc.disable()
     start = time.perf_counter()
@@ -677,6 +701,10 @@ def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict
                 for cand in order:
                     call, out = cand.calls[b], samples[(cand.key, b)]
                     time.sleep(args.gap_ms / 1e3)  # let the previous runtime's spinning threads park
+                    if rewarm[(cand.key, b)]:
+                        t0 = time.perf_counter()
+                        call()
+                        firsts[(cand.key, b)].append(time.perf_counter() - t0)
                     for _ in range(plan[(cand.key, b)]):
                         t0 = time.perf_counter()
                         call()
@@ -692,6 +720,8 @@ def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict
             stats = summary_ms(samples[(cand.key, b)])
             stats.update({"label": cand.label, "context_length": cand.context_length, "batch": b,
                           "calls_per_round": plan[(cand.key, b)], "prompts_per_s": b / (stats["p50_ms"] / 1e3)})
+            if firsts[(cand.key, b)]:
+                stats["first_call_after_switch"] = summary_ms(firsts[(cand.key, b)])
             rows[cand.key] = stats
         for ref_key, name in (("sam3-torch-fp32", "speedup_vs_torch_fp32_teacher"),
                               ("sam3-fp32", "speedup_vs_ort_fp32_teacher")):
@@ -704,8 +734,11 @@ def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict
                    f"Runner.infer, torch: model(ids) under inference_mode), time.perf_counter per call; "
                    f"{args.warmup} warm-up calls per candidate and batch, then {args.rounds} interleaved rounds: "
                    f"in each round every candidate runs its calls in turn (order rotated each round, "
-                   f"{args.gap_ms:g} ms pause before each candidate), so machine drift is shared; percentiles over "
-                   f"all timed calls (numpy linear interpolation); speed-ups are ratios of p50s at the same batch"),
+                   f"{args.gap_ms:g} ms pause before each candidate), so machine drift is shared; all candidates of "
+                   f"a group (teacher, S0) make the same number of timed calls per round, and fast ones make one "
+                   f"untimed call first (it re-warms the caches the teacher evicted; reported apart as 'first call "
+                   f"after switch'); percentiles over all timed calls (numpy linear interpolation); speed-ups are "
+                   f"ratios of p50s at the same batch"),
         "threads": args.threads, "rounds": args.rounds, "warmup_calls": args.warmup,
         "target_s_per_candidate_round": args.target_s, "max_calls_per_round": args.max_calls,
         "batch_prompts": {"1": [PROMPT], "8": [PROMPT, *BATCH8_EXTRA]}, "wall_s": time.perf_counter() - start,
@@ -922,13 +955,16 @@ def render_report(results: dict[str, Any]) -> str:
         for batch, table in lat["batches"].items():
             rows = []
             for key, r in table.items():
+                first = r.get("first_call_after_switch")
                 rows.append([key, str(r["context_length"]), f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
                              f"{r['p99_ms']:.2f}", f"{r['prompts_per_s']:.1f}", str(r["samples"]),
+                             f"{first['p50_ms']:.2f}" if first else "-",
                              f"{r.get('speedup_vs_torch_fp32_teacher', float('nan')):.1f}x",
                              f"{r.get('speedup_vs_ort_fp32_teacher', float('nan')):.1f}x"])
             out += [f"### Batch {batch}", "",
                     md_table(["candidate", "ctx", "p50 ms", "p95 ms", "p99 ms", "prompts/s (p50)", "calls",
-                              "x vs torch FP32 teacher", "x vs ORT FP32 teacher"], rows, "lrrrrrrrr"), ""]
+                              "1st call after switch p50 ms", "x vs torch FP32 teacher", "x vs ORT FP32 teacher"],
+                             rows, "lrrrrrrrrr"), ""]
         out += ["p99 over fewer than 100 calls is close to the maximum. The teacher runs at context 32 and S0 at "
                 "context 16 (each at its own context length, as deployed).", ""]
     tok = results.get("tokenizer")
@@ -979,11 +1015,16 @@ def render_report(results: dict[str, Any]) -> str:
                           "recomputed worst", "n", "max abs diff", "masks equal", "self-check mean vs torch",
                           "float layers"], rows, "llrrrrrrrlrr"), ""]
     builds = results["builds"]
-    rows = [[k, v.get("status", "-"), "-" if not v.get("build_s") else f"{v['build_s']:.0f}",
+    rows = [[k, v.get("status", "-") + (" (stale)" if v.get("stale") else ""),
+             "-" if not v.get("build_s") else f"{v['build_s']:.0f}",
+             (v.get("built_record") or {}).get("built", results["created"] if v.get("build_s") else "-"),
              f"`{v.get('command', '-')}`"] for k, v in builds.items()]
     out += ["## Bundles", "", "Built with the `edgeseg` CLI into `--work` and reused while their manifests match "
             "(encoder, precision, mode, calibration, gate, source model sha256, edgeseg/onnxruntime versions).", "",
-            md_table(["bundle", "status", "build s", "command"], rows, "llrl"), ""]
+            md_table(["bundle", "status", "build s", "built at", "command"], rows, "llrll"), ""]
+    for key, v in builds.items():
+        if v.get("stale"):
+            out.append(f"- {key}: {v['stale']}")
     for key, b in bundles.items():
         if b.get("excluded_layers"):
             out.append(f"- {key}: {b['excluded_layers_count']} of {b['layers']} weight-bearing layers kept in float: "
@@ -1058,6 +1099,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="aim for this much time per candidate per round (fast candidates get several calls)")
     p.add_argument("--max-calls", type=int, default=25, help="most calls per candidate per round")
     p.add_argument("--gap-ms", type=float, default=20.0, help="pause before each candidate's calls in a round")
+    p.add_argument("--no-block-warmup", dest="block_warmup", action="store_false",
+                   help="do not make an untimed call before each fast candidate's timed calls in a round")
     p.add_argument("--fidelity-prompts", type=int, default=200, help="eval prompts for the recomputed S0 fidelity")
     p.add_argument("--teacher-fidelity-prompts", type=int, default=None,
                    help="eval prompts for the recomputed teacher fidelity (default 100, --quick 32)")
