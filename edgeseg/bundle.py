@@ -35,6 +35,7 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, check_output_folder, sha256_file
+from edgeseg.tokenizer import Tokenizer
 
 FORMAT = "edgeseg-bundle"
 FORMAT_VERSION = 1
@@ -188,3 +189,14 @@ def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = 
         raise EdgesegError(f"bundle {bundle} carries no reference outputs")
     with np.load(Path(bundle) / name, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> Tokenizer:
+    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges)."""
+    manifest = manifest or read_manifest(bundle)
+    spec = manifest["tokenizer"]
+    try:
+        return Tokenizer(Path(bundle) / spec["vocab"], context_length=int(manifest["context_length"]),
+                         num_merges=spec.get("num_merges"))
+    except (OSError, ValueError, EOFError) as exc:
+        raise EdgesegError(f"bundle {bundle}: cannot read its tokenizer vocabulary {spec['vocab']} ({exc})") from exc

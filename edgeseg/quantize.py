@@ -18,6 +18,13 @@ Recipe (``mode="static"``, the TensorRT-ready default):
 
 ``mode="dynamic"`` quantizes the same weights per channel and activations at run time (for CPU
 deployments; ONNX Runtime's MatMulInteger kernels), with the same INT8 embedding and gate.
+
+Option ``prune_prompts``: vocabulary pruning (:mod:`edgeseg.vocab`). The embedding table keeps the
+rows of the tokens a corpus needs, the bundle ships the pruned vocabulary and tokenizes with it.
+The gate then compares the INT8 pruned bundle with the FP32 full-vocabulary bundle: eval prompts
+whose segmentation is unchanged are compared token by token (the gate); prompts with a word the
+corpus never had are segmented differently, so only their pooled embeddings can be compared; they
+are counted and reported apart (``fidelity.resegmented``), not gated.
 """
 
 from __future__ import annotations
@@ -35,10 +42,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.bundle import bundle_writer, copy_files, finalize, inherited, tool_versions, verify_bundle
+from edgeseg.bundle import (
+    bundle_tokenizer,
+    bundle_writer,
+    copy_files,
+    finalize,
+    inherited,
+    load_reference,
+    save_reference,
+    tool_versions,
+    verify_bundle,
+)
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import token_fidelity
-from edgeseg.tokenizer import Tokenizer
+from edgeseg.outputs import cosine, pooled, token_fidelity
+from edgeseg.tokenizer import VOCAB_SIZE
+from edgeseg.vocab import PRUNED_VOCAB_FILENAME, PrunedVocabulary, prune_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +82,35 @@ def weight_bearing_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
 
 
-def embedding_gathers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Gather nodes reading a 2-D float initializer with the vocabulary's 49,408 rows."""
+def embedding_gathers(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> list[onnx.NodeProto]:
+    """Gather nodes reading a 2-D float initializer with one row per vocabulary id."""
     inits = {i.name: i for i in model.graph.initializer}
     found = []
     for node in model.graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is not None and len(table.dims) == 2 and table.dims[0] >= 49408 and \
+        if table is not None and len(table.dims) == 2 and table.dims[0] == rows and \
                 table.data_type == TensorProto.FLOAT:
             found.append(node)
     return found
 
 
-def quantize_embedding_rows(model: onnx.ModelProto) -> int:
-    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved."""
+def prune_embedding_rows(model: onnx.ModelProto, old_ids: np.ndarray) -> int:
+    """Keep the rows ``old_ids`` (new id -> original id) of each token-embedding table; returns bytes saved."""
     inits = {i.name: i for i in model.graph.initializer}
     saved = 0
     for node in embedding_gathers(model):
+        init = inits[node.input[0]]
+        table = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(table[old_ids]), init.name))
+        saved += table.nbytes - table[old_ids].nbytes
+    return saved
+
+
+def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> int:
+    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved."""
+    inits = {i.name: i for i in model.graph.initializer}
+    saved = 0
+    for node in embedding_gathers(model, rows):
         table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
         scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
         scale[scale == 0] = 1.0
@@ -132,7 +162,7 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[str], cache: Path,
-              calib_ids: np.ndarray | None, embedding_int8: bool) -> None:
+              calib_ids: np.ndarray | None, embedding_int8: bool, vocab_rows: int = VOCAB_SIZE) -> None:
     model = onnx.load(str(fp32))
     targets = [n for n in weight_bearing_nodes(model) if n not in set(exclude)]
     hint = _DropPreprocessHint()
@@ -143,7 +173,7 @@ def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[s
         logging.getLogger().removeFilter(hint)
     q = onnx.load(str(out))
     if embedding_int8:
-        quantize_embedding_rows(q)
+        quantize_embedding_rows(q, vocab_rows)
     onnx.save(q, str(out))
 
 
@@ -317,8 +347,14 @@ def quantize_bundle(
     threads: int | None = None,
     sensitivity_prompts: int = 64,
     progress: Callable[[str], None] | None = None,
+    prune_prompts: Sequence[str] | None = None,
+    prune_name: str = "",
 ) -> dict[str, Any]:
-    """Quantize the FP32 ONNX bundle ``src`` into an INT8 bundle at ``out``; returns its manifest."""
+    """Quantize the FP32 ONNX bundle ``src`` into an INT8 bundle at ``out``; returns its manifest.
+
+    With ``prune_prompts`` the bundle's vocabulary is pruned to what those prompts need (plus the
+    bundle's reference prompts, so its self-check still runs); see the module docs.
+    """
     if method not in METHODS:
         raise EdgesegError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if mode not in MODES:
@@ -333,10 +369,13 @@ def quantize_bundle(
                            f"got {len(calibration_prompts)}")
     if not eval_prompts:
         raise EdgesegError("the fidelity gate needs evaluation prompts")
+    if prune_prompts is not None and not prune_prompts:
+        raise EdgesegError("vocabulary pruning needs a non-empty prompt corpus")
+    if prune_prompts is not None and (manifest["tokenizer"].get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE):
+        raise EdgesegError(f"{src} already has a pruned vocabulary; prune from a full-vocabulary FP32 bundle")
     say = progress or (lambda message: log.info("%s", message))
     length = int(manifest["context_length"])
-    tokenizer = Tokenizer(src / manifest["tokenizer"]["vocab"], context_length=length)
-    calib_ids = tokenizer(list(calibration_prompts), length).ids if mode == "static" else None
+    tokenizer = bundle_tokenizer(src, manifest)
     eval_ids = tokenizer(list(eval_prompts), length).ids
     fp32 = src / manifest["model"]
 
@@ -347,13 +386,38 @@ def quantize_bundle(
         say(f"running FP32 reference on {len(eval_ids)} evaluation prompts")
         ref_memory, ref_mask = _run(fp32, eval_ids, threads)
         candidates = weight_bearing_nodes(onnx.load(str(fp32), load_external_data=False))
+        pruned: PrunedVocabulary | None = None
+        fp32_work, cand_tokenizer, vocab_rows = fp32, tokenizer, VOCAB_SIZE
+        if prune_prompts is not None:
+            reference_prompts = [str(p) for p in load_reference(src, manifest)["prompts"]]
+            pruned = prune_vocabulary([*prune_prompts, *reference_prompts], tokenizer)
+            say(f"vocabulary pruned to {pruned.vocab_size:,} of {VOCAB_SIZE:,} ids from {len(prune_prompts):,} "
+                "prompts")
+            cand_tokenizer = pruned.tokenizer(pruned.write(tmp / PRUNED_VOCAB_FILENAME), length)
+            fp32_work, vocab_rows = work / "fp32_pruned.onnx", pruned.vocab_size
+            model = onnx.load(str(fp32))
+            prune_embedding_rows(model, pruned.old_ids)
+            onnx.save(model, str(fp32_work))
+            del model
+        calib_ids = cand_tokenizer(list(calibration_prompts), length).ids if mode == "static" else None
+        cand_ids = eval_ids if pruned is None else cand_tokenizer(list(eval_prompts), length).ids
+        same = np.ones(len(eval_ids), bool) if pruned is None else (pruned.remap(eval_ids) == cand_ids).all(1)
 
-        def attempt(exclude: Sequence[str]) -> dict[str, float]:
-            _quantize(fp32, model_path, mode, method, exclude, cache, calib_ids, embedding_int8)
-            memory, mask = _run(model_path, eval_ids, threads)
-            if not np.array_equal(mask, ref_mask):
+        def attempt(exclude: Sequence[str]) -> dict[str, Any]:
+            _quantize(fp32_work, model_path, mode, method, exclude, cache, calib_ids, embedding_int8, vocab_rows)
+            memory, mask = _run(model_path, cand_ids, threads)
+            if not np.array_equal(mask[same], ref_mask[same]):
                 raise EdgesegError("quantized model changed the padding mask")
-            return token_fidelity(memory, ref_memory, ref_mask)
+            result: dict[str, Any] = token_fidelity(memory[same], ref_memory[same], ref_mask[same])
+            if pruned is not None:
+                pooled_cos = cosine(pooled(memory[~same], mask[~same]), pooled(ref_memory[~same], ref_mask[~same]))
+                result["resegmented"] = {
+                    "prompts": int((~same).sum()), "of": int(len(same)),
+                    "pooled_cosine_mean": float(pooled_cos.mean()) if len(pooled_cos) else None,
+                    "pooled_cosine_worst": float(pooled_cos.min()) if len(pooled_cos) else None,
+                    "note": "eval prompts with a word the pruning corpus lacks: segmented differently, compared "
+                            "by masked mean-pooled memory, not gated"}
+            return result
 
         say(f"{mode} INT8 ({method}) of {len(candidates)} weight-bearing layers")
         excluded: list[str] = []
@@ -363,9 +427,9 @@ def quantize_bundle(
         if not gate.passed(fidelity):
             sens_ids = calib_ids[:sensitivity_prompts] if calib_ids is not None else eval_ids[:sensitivity_prompts]
             if mode == "static":
-                ranking = rank_layers(fp32, model_path, sens_ids, threads)
+                ranking = rank_layers(fp32_work, model_path, sens_ids, threads)
             else:  # dynamic scales follow each batch; rank by weight quantization error alone
-                ranking = _weight_sensitivity(fp32)
+                ranking = _weight_sensitivity(fp32_work)
             count = 1
             while not gate.passed(fidelity) and count <= len(ranking):
                 excluded = [name for name, _ in ranking[:count]]
@@ -379,8 +443,11 @@ def quantize_bundle(
                     f"the fidelity gate (mean >= {gate.mean_cosine}, worst >= {gate.worst_cosine}) cannot be met "
                     f"even with every layer in float (mean {fidelity['mean_cosine']:.5f}, worst "
                     f"{fidelity['worst_cosine']:.5f}); lower the gate or disable the INT8 embedding")
-        copy_files(tmp, src, manifest, include_model=False)
         new_manifest = inherited(manifest)
+        if pruned is None:
+            copy_files(tmp, src, manifest, include_model=False)
+        else:
+            _write_pruned_files(tmp, src, manifest, new_manifest, pruned, prune_prompts, prune_name)
         new_manifest.update({
             "precision": "int8",
             "quantization": {
@@ -409,6 +476,33 @@ def quantize_bundle(
         })
         result = finalize(tmp, new_manifest)
     return result
+
+
+def _write_pruned_files(tmp: Path, src: Path, manifest: dict[str, Any], new_manifest: dict[str, Any],
+                        pruned: PrunedVocabulary, prune_prompts: Sequence[str], prune_name: str) -> None:
+    """Files of a pruned bundle: the pruned vocabulary (already written), remapped reference ids, the rest."""
+    vocab_name = manifest["tokenizer"]["vocab"]
+    reference_name = (manifest.get("reference") or {}).get("file")
+    skip = {manifest["model"], vocab_name, reference_name}
+    copy_files(tmp, src, {"model": manifest["model"], "files": {n: v for n, v in manifest["files"].items()
+                                                                 if n not in skip}}, include_model=False)
+    if reference_name:
+        ref = load_reference(src, manifest)
+        ids = pruned.remap(ref["input_ids"])
+        if (ids < 0).any():  # cannot happen: the reference prompts are part of the pruning corpus
+            raise EdgesegError("vocabulary pruning dropped a token of the bundle's reference prompts")
+        save_reference(tmp / reference_name, ref["prompts"], ids, ref["memory"], ref["mask"])
+    new_manifest["tokenizer"] = {
+        **manifest["tokenizer"], "vocab": PRUNED_VOCAB_FILENAME, "vocab_md5": hashlib.md5(
+            (tmp / PRUNED_VOCAB_FILENAME).read_bytes(), usedforsecurity=False).hexdigest(),
+        "sot_id": pruned.sot_id, "eot_id": pruned.eot_id, "pad_id": 0, "vocab_size": pruned.vocab_size,
+        "num_merges": pruned.num_merges,
+        "pruned": {"corpus": prune_name, "sha256": prompts_hash(prune_prompts), "prompts": len(prune_prompts),
+                   "original_vocab_size": VOCAB_SIZE, "original_vocab_md5": manifest["tokenizer"].get("vocab_md5"),
+                   "kept_ids": pruned.vocab_size,
+                   "rule": "merges applied while tokenizing the corpus and the reference prompts, in rank order, "
+                           "plus the 512 byte symbols and SOT/EOT"},
+    }
 
 
 def _weight_sensitivity(fp32: Path) -> list[tuple[str, float]]:

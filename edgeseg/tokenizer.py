@@ -97,12 +97,17 @@ class TokenizedBatch:
 class Tokenizer:
     """CLIP BPE tokenizer with SAM3's cleaning; ids identical to Meta's ``SimpleTokenizer``."""
 
-    def __init__(self, vocab_path: str | Path | None = None, context_length: int = 32):
+    def __init__(self, vocab_path: str | Path | None = None, context_length: int = 32,
+                 num_merges: int | None = None):
         if context_length < 2:
             raise ValueError(f"context_length must be at least 2 (SOT and EOT), got {context_length}")
         self.context_length = int(context_length)
         self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
-        merges = _read_merges(str(self.vocab_path))
+        # A pruned vocabulary (edgeseg.vocab) keeps fewer merges; ids stay "bytes, bytes</w>, one
+        # per merge, SOT, EOT", so SOT/EOT move down and the pad id stays 0.
+        self.num_merges = NUM_MERGES if num_merges is None else int(num_merges)
+        merges = _read_merges(str(self.vocab_path), self.num_merges)
+        self.merges = merges
         self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         symbols = list(self.byte_encoder.values())
@@ -128,6 +133,12 @@ class Tokenizer:
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
+        ids = tuple(self.encoder[s] for s in self.merge(piece))
+        self._cache[piece] = ids
+        return ids
+
+    def merge(self, piece: str, applied: list[int] | None = None) -> list[str]:
+        """BPE symbols of one byte-mapped pre-token; the ranks of the merges used go to ``applied``."""
         word = [*piece[:-1], piece[-1] + "</w>"]
         ranks = self.ranks
         while len(word) > 1:
@@ -138,6 +149,8 @@ class Tokenizer:
                     best_rank, best = r, pair
             if best is None:
                 break
+            if applied is not None:
+                applied.append(best_rank)
             first, second = best
             merged = first + second
             out: list[str] = []
@@ -150,24 +163,26 @@ class Tokenizer:
                     out.append(word[i])
                     i += 1
             word = out
-        ids = tuple(self.encoder[s] for s in word)
-        self._cache[piece] = ids
-        return ids
+        return word
+
+    def pieces(self, text: str) -> list[str]:
+        """The byte-mapped pre-tokens of one prompt, after SAM3's cleaning."""
+        byte_encoder = self.byte_encoder
+        return ["".join(byte_encoder[b] for b in piece.encode("utf-8"))
+                for piece in self._pattern.findall(clean_text(text))]
 
     def encode(self, text: str) -> list[int]:
         """Content ids of one prompt (no SOT/EOT, no truncation)."""
         ids: list[int] = []
-        byte_encoder = self.byte_encoder
-        for piece in self._pattern.findall(clean_text(text)):
-            mapped = "".join(byte_encoder[b] for b in piece.encode("utf-8"))
-            ids.extend(self.bpe(mapped))
+        for piece in self.pieces(text):
+            ids.extend(self.bpe(piece))
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Best-effort text of some ids (special and padding ids are dropped)."""
         pieces = [self.decoder[int(i)] for i in ids if int(i) not in (self.sot_id, self.eot_id, PAD_ID)]
-        data = bytearray(self.byte_decoder[c] for c in "".join(pieces).replace("</w>", " "))
-        return data.decode("utf-8", errors="replace").replace("\x00", "").strip()
+        data = bytearray(self.byte_decoder[c] for c in "".join(pieces))  # "</w>" decodes to itself
+        return data.decode("utf-8", errors="replace").replace("</w>", " ").replace("\x00", "").strip()
 
     # -- batches ----------------------------------------------------------------------------------
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> TokenizedBatch:
@@ -189,14 +204,23 @@ class Tokenizer:
         return TokenizedBatch(ids=ids, lengths=lengths, context_length=length)
 
 
-@functools.cache
-def _read_merges(path: str) -> tuple[tuple[str, str], ...]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
-    merges = tuple(tuple(line.split()) for line in lines[1 : NUM_MERGES + 1])
-    if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
-        raise ValueError(f"{path} is not a CLIP BPE vocabulary ({len(merges)} merge lines)")
-    return merges
+@functools.lru_cache(maxsize=4)
+def _read_merges(path: str, num_merges: int = NUM_MERGES) -> tuple[tuple[str, str], ...]:
+    """The first ``num_merges`` merge lines after the header, read lazily (the file holds 262k)."""
+    merges: list[tuple[str, str]] = []
+    with gzip.open(path, "rt", encoding="utf-8", newline="\n") as fh:
+        fh.readline()  # "#version: ..." header
+        for line in fh:
+            if len(merges) == num_merges:
+                break
+            pair = tuple(line.rstrip("\n").split())
+            if len(pair) != 2:
+                break
+            merges.append(pair)  # type: ignore[arg-type]
+    if len(merges) != num_merges:
+        raise ValueError(f"{path} is not a CLIP BPE vocabulary with {num_merges} merges "
+                         f"({len(merges)} merge lines read)")
+    return tuple(merges)
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle import load_reference
+from edgeseg.bundle import bundle_tokenizer, load_reference
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import Encoded, token_fidelity
 from edgeseg.tokenizer import Tokenizer
@@ -53,8 +53,7 @@ class Runner:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            vocab = self.bundle / self.manifest["tokenizer"]["vocab"]
-            self._tokenizer = Tokenizer(vocab, context_length=self.context_length)
+            self._tokenizer = bundle_tokenizer(self.bundle, self.manifest)
         return self._tokenizer
 
     def infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

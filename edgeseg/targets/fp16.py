@@ -225,11 +225,18 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
     import logging
     from pathlib import Path
 
-    from edgeseg.bundle import bundle_writer, copy_files, finalize, inherited, tool_versions, verify_bundle
+    from edgeseg.bundle import (
+        bundle_tokenizer,
+        bundle_writer,
+        copy_files,
+        finalize,
+        inherited,
+        tool_versions,
+        verify_bundle,
+    )
     from edgeseg.errors import EdgesegError
     from edgeseg.outputs import token_fidelity
     from edgeseg.quantize import Gate
-    from edgeseg.tokenizer import Tokenizer
 
     gate = gate or Gate()
     say = progress or (lambda message: logging.getLogger(__name__).info("%s", message))
@@ -241,7 +248,7 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
     if not eval_prompts:
         raise EdgesegError("the FP16 fidelity check needs evaluation prompts")
     length = int(manifest["context_length"])
-    ids = Tokenizer(src / manifest["tokenizer"]["vocab"], context_length=length)(list(eval_prompts), length).ids
+    ids = bundle_tokenizer(src, manifest)(list(eval_prompts), length).ids
     with bundle_writer(out) as tmp:
         half = convert_fp16(onnx.load(str(src / manifest["model"])))
         onnx.save(half, str(tmp / manifest["model"]))
