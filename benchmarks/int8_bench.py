@@ -25,25 +25,27 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import platform
-import re
+import logging
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Measurement code shared with `edgeseg bench` (edgeseg/bench/): environment, CPU load, latency rounds,
+# percentiles, tokenizer timing, peak RSS of fresh processes, markdown tables.
+from edgeseg.bench.env import CpuMeter, background_load, environment, version, wait_for_idle
+from edgeseg.bench.latency import Candidate, add_ratios, interleaved_latency
+from edgeseg.bench.latency import tokenizer_timing as _tokenizer_timing
+from edgeseg.bench.memory import RUNTIME_CHILD, run_measured, torch_child
+from edgeseg.bench.report import md_table
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_NOTE = "random/synthetic weights (seed 0): no real checkpoint; fidelity and float-layer counts are not " \
@@ -69,110 +71,27 @@ def say(message: str) -> None:
     print(f"[int8-bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-# -- environment ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+
+def tokenizer_timing(prompts: list[str]) -> dict[str, Any]:
+    return _tokenizer_timing(prompts, PROMPT, (16, 32))
 
 
-def cpu_flags() -> list[str]:
-    """The SIMD flags that decide INT8/FP32 GEMM speed (VNNI gives INT8 dot products)."""
-    wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "f16c")
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
+def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict[str, Any]:
+    say(f"latency: warm-up ({args.warmup} calls per candidate and batch), then {args.rounds} interleaved rounds")
 
+    def progress(done: int, total: int) -> None:
+        if done == 1 or done % 5 == 0 or done == total:
+            say(f"latency: round {done}/{total}")
 
-def version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
-            return out.stdout.strip() if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "tracked_changes": bool(status) if status is not None else None}
-
-
-def environment(threads: int) -> dict[str, Any]:
-    return {
-        "device": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {n: version(n) for n in ("edgeseg", "onnxruntime", "onnx", "torch", "numpy")},
-        "git": git_info(),
-    }
-
-
-class CpuMeter:
-    """CPU time the rest of the machine used while a phase ran (from /proc/stat minus this process tree).
-
-    ``other_cores`` is the average number of cores busy with other processes: on an idle machine
-    it is near 0; a value near 1 on a 2-core machine means half the CPU went elsewhere and the
-    latencies of that phase are inflated.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as fh:
-                values = [int(v) for v in fh.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        busy = (sum(values) - values[3] - values[4]) / tick  # all but idle and iowait
-        mine = os.times()
-        return busy, mine.user + mine.system + mine.children_user + mine.children_system, time.monotonic()
-
-    def stop(self) -> dict[str, Any]:
-        end = self._read()
-        if self.start is None or end is None:
-            return {"other_cores": None}
-        wall = max(end[2] - self.start[2], 1e-9)
-        other = max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1]))
-        return {"other_cores": other / wall, "other_cpu_s": other, "wall_s": wall, "cpus": os.cpu_count(),
-                "how": "/proc/stat busy time minus this process's and its children's CPU time, over the wall time"}
-
-
-def background_load(seconds: float = 3.0) -> float | None:
-    meter = CpuMeter()
-    time.sleep(seconds)
-    return meter.stop()["other_cores"]
-
-
-def wait_for_idle(limit_s: float, threshold: float = 0.15) -> dict[str, Any]:
-    start = time.perf_counter()
-    load = background_load()
-    while load is not None and load > threshold and time.perf_counter() - start < limit_s:
-        say(f"other processes use {load:.2f} core(s); waiting for the machine to go idle "
-            f"({limit_s - (time.perf_counter() - start):.0f} s left)")
-        time.sleep(10)
-        load = background_load()
-    return {"other_cores_before": load, "waited_s": time.perf_counter() - start}
+    result = interleaved_latency(candidates, args.batch_sizes, args.rounds, warmup=args.warmup,
+                                 target_s=args.target_s, max_calls=args.max_calls, gap_ms=args.gap_ms,
+                                 block_warmup=args.block_warmup, progress=progress)
+    add_ratios(result["batches"], "sam3-torch-fp32", "speedup_vs_torch_fp32_teacher")
+    add_ratios(result["batches"], "sam3-fp32", "speedup_vs_ort_fp32_teacher")
+    result["method"] = ("ORT: Runner.infer, torch: model(ids) under inference_mode; " + result["method"]
+                        + "; speed-ups are ratios of p50s at the same batch")
+    return {**result, "threads": args.threads,
+            "batch_prompts": {"1": [PROMPT], "8": [PROMPT, *BATCH8_EXTRA]}}
 
 
 # -- bundles --------------------------------------------------------------------------------------
@@ -374,7 +293,8 @@ def bundle_facts(spec: BundleSpec, path: Path) -> dict[str, Any]:
     facts = {
         "key": spec.key, "label": spec.label, "role": spec.role, "path": str(path), "encoder": manifest["encoder"],
         "context_length": manifest["context_length"], "precision": manifest["precision"],
-        "created": manifest.get("created"), "bytes_total": sum(files.values()), "bytes_model": files[manifest["model"]],
+        "created": manifest.get("created"), "bytes_total": sum(files.values()),
+        "bytes_model": files[manifest["model"]] + files.get(manifest.get("model_data") or "", 0),
         "files_bytes": files, "source": manifest.get("source"), "weights": WEIGHTS_NOTE,
     }
     if manifest["precision"] == "int8":
@@ -389,86 +309,11 @@ def bundle_facts(spec: BundleSpec, path: Path) -> dict[str, Any]:
     return facts
 
 
-# -- statistics -----------------------------------------------------------------------------------
-def summary_ms(seconds: list[float]) -> dict[str, Any]:
-    ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
-            "max_ms": float(ms.max()), "samples": int(len(ms))}
-
-
-# -- tokenizer ------------------------------------------------------------------------------------
-def tokenizer_timing(prompts: list[str]) -> dict[str, Any]:
-    import edgeseg.tokenizer as tok
-
-    if hasattr(tok._read_merges, "cache_clear"):
-        tok._read_merges.cache_clear()
-    start = time.perf_counter()
-    tokenizer = tok.Tokenizer()
-    construct = time.perf_counter() - start
-    result: dict[str, Any] = {
-        "method": "edgeseg.tokenizer.Tokenizer.__call__ on one prompt at a time, time.perf_counter; 'cold' = a "
-                  "fresh Tokenizer (empty BPE word cache) over distinct eval prompts, each timed once; 'warm' = "
-                  f"the benchmark prompt {PROMPT!r} repeated (all words cached)",
-        "construct_ms": construct * 1e3, "construct_note": "Tokenizer() including reading the gzip vocabulary",
-    }
-    for length in (16, 32):
-        fresh = tok.Tokenizer()
-        cold = []
-        for prompt in prompts:
-            t0 = time.perf_counter()
-            fresh([prompt], length)
-            cold.append(time.perf_counter() - t0)
-        warm = []
-        for _ in range(500):
-            t0 = time.perf_counter()
-            tokenizer([PROMPT], length)
-            warm.append(time.perf_counter() - t0)
-        result[f"context_{length}"] = {"cold": {**summary_ms(cold), "prompts": len(prompts)}, "warm": summary_ms(warm)}
-    return result
-
-
-# -- memory (fresh processes) ---------------------------------------------------------------------
-RUNTIME_CHILD = r"""
-import json, resource, sys, time
-t0 = time.perf_counter()
-from edgeseg.runtime import load
-bundle, prompts_file, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-prompts = [l for l in open(prompts_file, encoding="utf-8").read().splitlines() if l.strip()]
-with load(bundle, threads=threads) as runner:
-    t1 = time.perf_counter()
-    encoded = runner.encode(prompts, batch_size=batch)
-    t2 = time.perf_counter()
-print(json.dumps({"torch_imported": "torch" in sys.modules, "modules": len(sys.modules),
-                  "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "prompts": int(encoded.memory.shape[0]), "memory_shape": list(encoded.memory.shape),
-                  "import_load_s": t1 - t0, "encode_s": t2 - t1}))
-"""
-
 IMPORT_CHILD = r"""
 import json, resource, sys
 import edgeseg.runtime, onnxruntime
 print(json.dumps({"torch_imported": "torch" in sys.modules, "modules": len(sys.modules),
                   "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-"""
-
-TORCH_CHILD = r"""
-import json, resource, sys, time
-t0 = time.perf_counter()
-import torch
-prompts_file, threads, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-torch.set_num_threads(threads)
-from edgeseg.encode import encode_prompts
-from edgeseg.encoders import build_encoder
-prompts = [l for l in open(prompts_file, encoding="utf-8").read().splitlines() if l.strip()]
-model = build_encoder("sam3", seed=0)
-t1 = time.perf_counter()
-encoded = encode_prompts(model, prompts, batch_size=batch)
-t2 = time.perf_counter()
-print(json.dumps({"torch_imported": True, "modules": len(sys.modules),
-                  "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "prompts": int(encoded.memory.shape[0]), "memory_shape": list(encoded.memory.shape),
-                  "import_load_s": t1 - t0, "encode_s": t2 - t1}))
 """
 
 STAGES_CHILD = r"""
@@ -505,44 +350,6 @@ rc = main(sys.argv[1:])
 print(json.dumps({"returncode": rc, "torch_imported": "torch" in sys.modules, "onnx_imported": "onnx" in sys.modules}))
 """
 
-TIME_V = "/usr/bin/time"
-
-
-def run_measured(command: list[str]) -> dict[str, Any]:
-    """Run ``command`` as a fresh process; its peak RSS from ``/usr/bin/time -v`` or ``os.wait4``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        if os.path.exists(TIME_V):
-            rc = subprocess.run([TIME_V, "-v", *command], stdout=out, stderr=err, cwd=ROOT, env=env).returncode
-            err.seek(0)
-            stderr = err.read()
-            match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
-            maxrss_kb = int(match.group(1)) if match else None
-            how = "/usr/bin/time -v 'Maximum resident set size' of the fresh process"
-        else:
-            proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            rc, maxrss_kb = proc.returncode, usage.ru_maxrss
-            err.seek(0)
-            stderr = err.read()
-            how = "os.wait4 rusage ru_maxrss of the fresh process"
-        wall = time.perf_counter() - start
-        out.seek(0)
-        stdout = out.read()
-    report: dict[str, Any] = {}
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            report = json.loads(line)
-            break
-    result = {"returncode": rc, "peak_rss_kb": maxrss_kb, "peak_rss_mb": maxrss_kb * 1024 / MB if maxrss_kb else None,
-              "wall_s": wall, "measured_with": how, **{f"child_{k}": v for k, v in report.items()}}
-    if rc != 0:
-        result["stderr_tail"] = [line for line in stderr.splitlines() if "Command being timed" not in line][-5:]
-    return result
-
-
 def memory_phase(args: argparse.Namespace, work: Path, available: dict[str, Path], prompts_file: Path,
                  quick: bool) -> dict[str, Any]:
     python = sys.executable
@@ -565,7 +372,7 @@ def memory_phase(args: argparse.Namespace, work: Path, available: dict[str, Path
                           str(prompts_file), "--out", str(out), "--batch-size", batch, "--threads", threads]))
     if not quick:
         runs.append(("sam3-torch-fp32", "python: torch build_encoder('sam3') + encode_prompts(100 prompts)",
-                     [python, "-c", TORCH_CHILD, str(prompts_file), threads, batch]))
+                     torch_child("sam3", None, prompts_file, args.threads, args.rss_batch)))
     if args.teacher_memory:
         for key in ("sam3-fp32", "sam3-int8-dynamic", "sam3-int8-static"):
             if key in available:
@@ -614,15 +421,6 @@ def memory_phase(args: argparse.Namespace, work: Path, available: dict[str, Path
 
 
 # -- in-process candidates ------------------------------------------------------------------------
-@dataclass
-class Candidate:
-    key: str
-    label: str
-    context_length: int
-    calls: dict[int, Callable[[], Any]]  # batch -> zero-argument call on prepared ids
-    group: str  # teacher | s0
-
-
 def make_candidates(args: argparse.Namespace, available: dict[str, Path], specs: dict[str, BundleSpec],
                     runners: dict[str, Any], torch_model: Any) -> list[Candidate]:
     import torch
@@ -658,92 +456,6 @@ def make_candidates(args: argparse.Namespace, available: dict[str, Path], specs:
             {b: (lambda r=runner, x=ids[b]: r.infer(x)) for b in batches},
             "teacher" if key.startswith("sam3") else "s0"))
     return candidates
-
-
-def latency_phase(candidates: list[Candidate], args: argparse.Namespace) -> dict[str, Any]:
-    batches = args.batch_sizes
-    plan: dict[tuple[str, int], int] = {}
-    estimates: dict[tuple[str, int], float] = {}
-    say(f"latency: warm-up ({args.warmup} calls per candidate and batch)")
-    for cand in candidates:
-        for b in batches:
-            times = []
-            for _ in range(args.warmup):
-                t0 = time.perf_counter()
-                cand.calls[b]()
-                times.append(time.perf_counter() - t0)
-            estimates[(cand.key, b)] = statistics.median(times)
-    # Every candidate of a group (teacher / s0) makes the same number of calls per round, sized on the
-    # group's slowest, so no candidate gets more warm calls than another. Fast candidates (calls well under
-    # --target-s) also make one untimed call first in each block: it re-warms caches the teacher evicted,
-    # and is recorded apart as the "first call" latency.
-    rewarm: dict[tuple[str, int], bool] = {}
-    for b in batches:
-        for group in {c.group for c in candidates}:
-            members = [c for c in candidates if c.group == group]
-            slowest = max(estimates[(c.key, b)] for c in members)
-            calls = int(max(1, min(args.max_calls, round(args.target_s / max(slowest, 1e-6)))))
-            for c in members:
-                plan[(c.key, b)] = calls
-                rewarm[(c.key, b)] = args.block_warmup and estimates[(c.key, b)] < args.target_s / 2
-                say(f"  {c.key} batch {b}: ~{estimates[(c.key, b)] * 1e3:.1f} ms/call -> {calls} timed call(s) "
-                    f"per round{' after 1 untimed' if rewarm[(c.key, b)] else ''}")
-    samples: dict[tuple[str, int], list[float]] = {k: [] for k in plan}
-    firsts: dict[tuple[str, int], list[float]] = {k: [] for k in plan}
-    gc.collect()
-    gc.disable()
-    start = time.perf_counter()
-    try:
-        for rnd in range(args.rounds):
-            shift = rnd % len(candidates)
-            order = candidates[shift:] + candidates[:shift]  # rotate so no candidate always runs first
-            for b in batches:
-                for cand in order:
-                    call, out = cand.calls[b], samples[(cand.key, b)]
-                    time.sleep(args.gap_ms / 1e3)  # let the previous runtime's spinning threads park
-                    if rewarm[(cand.key, b)]:
-                        t0 = time.perf_counter()
-                        call()
-                        firsts[(cand.key, b)].append(time.perf_counter() - t0)
-                    for _ in range(plan[(cand.key, b)]):
-                        t0 = time.perf_counter()
-                        call()
-                        out.append(time.perf_counter() - t0)
-            if rnd == 0 or (rnd + 1) % 5 == 0 or rnd + 1 == args.rounds:
-                say(f"latency: round {rnd + 1}/{args.rounds} ({time.perf_counter() - start:.0f} s)")
-    finally:
-        gc.enable()
-    table: dict[str, dict[str, Any]] = {}
-    for b in batches:
-        rows: dict[str, Any] = {}
-        for cand in candidates:
-            stats = summary_ms(samples[(cand.key, b)])
-            stats.update({"label": cand.label, "context_length": cand.context_length, "batch": b,
-                          "calls_per_round": plan[(cand.key, b)], "prompts_per_s": b / (stats["p50_ms"] / 1e3)})
-            if firsts[(cand.key, b)]:
-                stats["first_call_after_switch"] = summary_ms(firsts[(cand.key, b)])
-            rows[cand.key] = stats
-        for ref_key, name in (("sam3-torch-fp32", "speedup_vs_torch_fp32_teacher"),
-                              ("sam3-fp32", "speedup_vs_ort_fp32_teacher")):
-            if ref_key in rows:
-                for row in rows.values():
-                    row[name] = rows[ref_key]["p50_ms"] / row["p50_ms"]
-        table[str(b)] = rows
-    return {
-        "method": (f"in-process, model call only (ids already tokenized at each candidate's context length; ORT: "
-                   f"Runner.infer, torch: model(ids) under inference_mode), time.perf_counter per call; "
-                   f"{args.warmup} warm-up calls per candidate and batch, then {args.rounds} interleaved rounds: "
-                   f"in each round every candidate runs its calls in turn (order rotated each round, "
-                   f"{args.gap_ms:g} ms pause before each candidate), so machine drift is shared; all candidates of "
-                   f"a group (teacher, S0) make the same number of timed calls per round, and fast ones make one "
-                   f"untimed call first (it re-warms the caches the teacher evicted; reported apart as 'first call "
-                   f"after switch'); percentiles over all timed calls (numpy linear interpolation); speed-ups are "
-                   f"ratios of p50s at the same batch"),
-        "threads": args.threads, "rounds": args.rounds, "warmup_calls": args.warmup,
-        "target_s_per_candidate_round": args.target_s, "max_calls_per_round": args.max_calls,
-        "batch_prompts": {"1": [PROMPT], "8": [PROMPT, *BATCH8_EXTRA]}, "wall_s": time.perf_counter() - start,
-        "batches": table,
-    }
 
 
 def fidelity_phase(runners: dict[str, Any], pairs: list[tuple[str, str]], prompts: dict[str, list[str]],
@@ -873,14 +585,6 @@ def make_bars(results: dict[str, Any]) -> list[dict[str, Any]]:
             bar(f"build {key}", "builds", None, "", False, "; ".join(entry.get("log_tail", []))[-200:])
             bars[-1]["measured_text"] = f"failed (exit {entry.get('returncode')})"
     return bars
-
-
-def md_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    align = align or "l" * len(header)
-    marks = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def verdict(passed: bool | None, informational: bool = False) -> str:
@@ -1139,6 +843,7 @@ def spaced(prompts: list[str], count: int, offset: bool = False) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[int8-bench] %(name)s: %(message)s")
     started = time.perf_counter()
     work, out_dir = args.work.resolve(), args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -90,8 +90,65 @@ def bundle_writer(out: str | os.PathLike) -> Iterator[Path]:
         yield tmp
 
 
+MODEL_DATA_SUFFIX = ".data"
+PAGE = 4096
+
+
+def externalize_onnx(path: Path, threshold: int = 1024) -> str | None:
+    """Move an ONNX model's weights into ``<name>.data`` beside it (ONNX external data).
+
+    Every tensor of at least ``threshold`` bytes starts on a 4 KiB page, so ONNX Runtime can map
+    the file instead of copying it: a process only pays (in RSS) for the pages it reads, which for
+    the token-embedding table are the rows of the tokens it sees. The graph file stays small.
+    Returns the data file's name, or None when the model already keeps its weights outside.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import set_external_data, uses_external_data
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except DecodeError:  # not an ONNX protobuf (e.g. a test's placeholder): nothing to split
+        return None
+    if any(uses_external_data(t) for t in graph.initializer):
+        return None
+    model = onnx.load(str(path))
+    name = path.name + MODEL_DATA_SUFFIX
+    (path.parent / name).unlink(missing_ok=True)  # onnx appends to an existing data file
+    offset = 0
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
+            offset = -(-offset // PAGE) * PAGE
+            set_external_data(tensor, name, offset=offset, length=len(tensor.raw_data))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            offset += len(tensor.raw_data)
+    onnx.save_model(model, str(path))
+    os.chmod(path.parent / name, path.stat().st_mode & 0o777)  # onnx creates it owner-only
+    return name
+
+
+def model_files(manifest: dict[str, Any]) -> list[str]:
+    """The model file and, for ONNX with external data, its weights file."""
+    return [manifest["model"], *([manifest["model_data"]] if manifest.get("model_data") else [])]
+
+
+def model_bytes(manifest: dict[str, Any]) -> int:
+    return sum(manifest["files"][name]["bytes"] for name in model_files(manifest) if name in manifest["files"])
+
+
 def finalize(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Hash every file in ``directory`` into the manifest and write ``manifest.json`` there."""
+    """Hash every file in ``directory`` into the manifest and write ``manifest.json`` there.
+
+    An ONNX model that still holds its weights inline is first split into graph + external data
+    (:func:`externalize_onnx`); the manifest names the data file in ``model_data``.
+    """
+    model = directory / str(manifest.get("model", ""))
+    if model.suffix == ".onnx" and model.is_file():
+        data = externalize_onnx(model)
+        if data is not None:
+            manifest = {**manifest, "model_data": data}
+    elif "model_data" in manifest:  # e.g. a TensorRT engine derived from an ONNX bundle
+        manifest = {k: v for k, v in manifest.items() if k != "model_data"}
     files = {}
     for path in sorted(directory.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
@@ -162,7 +219,7 @@ def inherited(manifest: dict[str, Any]) -> dict[str, Any]:
 def copy_files(directory: Path, src: Path, manifest: dict[str, Any], include_model: bool = True) -> None:
     """Copy every file a source bundle lists (its model too unless ``include_model`` is False)."""
     for name in manifest["files"]:
-        if include_model or name != manifest["model"]:
+        if include_model or name not in model_files(manifest):
             (directory / name).parent.mkdir(parents=True, exist_ok=True)
             copy_into(directory, src / name, name)
 

@@ -49,6 +49,7 @@ from edgeseg.bundle import (
     finalize,
     inherited,
     load_reference,
+    model_files,
     save_reference,
     tool_versions,
     verify_bundle,
@@ -483,7 +484,7 @@ def _write_pruned_files(tmp: Path, src: Path, manifest: dict[str, Any], new_mani
     """Files of a pruned bundle: the pruned vocabulary (already written), remapped reference ids, the rest."""
     vocab_name = manifest["tokenizer"]["vocab"]
     reference_name = (manifest.get("reference") or {}).get("file")
-    skip = {manifest["model"], vocab_name, reference_name}
+    skip = {*model_files(manifest), vocab_name, reference_name}
     copy_files(tmp, src, {"model": manifest["model"], "files": {n: v for n, v in manifest["files"].items()
                                                                  if n not in skip}}, include_model=False)
     if reference_name:

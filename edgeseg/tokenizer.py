@@ -22,6 +22,7 @@ import functools
 import gzip
 import hashlib
 import html
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -111,10 +112,10 @@ class Tokenizer:
         self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         symbols = list(self.byte_encoder.values())
-        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+        vocab = [sys.intern(s) for s in symbols + [s + "</w>" for s in symbols]]
+        vocab += [sys.intern("".join(m)) for m in merges]
         vocab += list(SPECIAL_TOKENS)
         self.encoder: dict[str, int] = {tok: i for i, tok in enumerate(vocab)}
-        self.decoder: dict[int, str] = {i: tok for tok, i in self.encoder.items()}
         self.ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
         self.vocab_size = len(vocab)
         self.sot_id = self.encoder[SPECIAL_TOKENS[0]]
@@ -126,6 +127,11 @@ class Tokenizer:
             + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE,
         )
+
+    @functools.cached_property
+    def decoder(self) -> dict[int, str]:
+        """id -> token string (built on first use: the runtime never needs it)."""
+        return {i: tok for tok, i in self.encoder.items()}
 
     # -- single prompts ---------------------------------------------------------------------------
     def bpe(self, piece: str) -> tuple[int, ...]:
@@ -213,10 +219,11 @@ def _read_merges(path: str, num_merges: int = NUM_MERGES) -> tuple[tuple[str, st
         for line in fh:
             if len(merges) == num_merges:
                 break
-            pair = tuple(line.rstrip("\n").split())
+            pair = line.rstrip("\n").split()
             if len(pair) != 2:
                 break
-            merges.append(pair)  # type: ignore[arg-type]
+            # interned: the halves are tokens of their own, so the vocabulary shares these strings
+            merges.append((sys.intern(pair[0]), sys.intern(pair[1])))
     if len(merges) != num_merges:
         raise ValueError(f"{path} is not a CLIP BPE vocabulary with {num_merges} merges "
                          f"({len(merges)} merge lines read)")

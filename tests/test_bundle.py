@@ -317,3 +317,31 @@ def test_load_reference_refuses_a_bundle_without_one(bundle):
     _rewrite_manifest(bundle, reference=_DROP)
     with pytest.raises(EdgesegError, match="reference"):
         load_reference(bundle)
+
+
+def test_externalized_onnx_weights_are_page_aligned_and_load(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeseg.bundle import PAGE, externalize_onnx
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal(shape).astype(np.float32) for shape in [(7, 5), (5, 300), (300, 3)]]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", f"w{i}"], [f"h{i + 1}" if i < 2 else "y"])
+             for i in range(3)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert externalize_onnx(path, threshold=200) == "m.onnx.data"
+    assert externalize_onnx(path) is None  # already external: left alone
+    stored = onnx.load(str(path), load_external_data=False)
+    offsets = {t.name: int({e.key: e.value for e in t.external_data}.get("offset", -1))
+               for t in stored.graph.initializer if t.external_data}
+    assert set(offsets) == {"w1", "w2"}  # w0 (140 bytes) is under the threshold: stays inline
+    assert all(offset % PAGE == 0 for offset in offsets.values())
+    x = rng.standard_normal((2, 7)).astype(np.float32)
+    (y,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ weights[0] @ weights[1] @ weights[2], rtol=1e-4, atol=1e-4)

@@ -299,7 +299,9 @@ def test_bundle_manifest_fields(tiny_bundle, student):
 def test_bundle_files_are_listed_with_their_sha256(tiny_bundle):
     out, manifest = tiny_bundle
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
-    assert set(manifest["files"]) == on_disk == {"model.onnx", manifest["tokenizer"]["vocab"], "reference.npz"}
+    assert set(manifest["files"]) == on_disk == {"model.onnx", "model.onnx.data", manifest["tokenizer"]["vocab"],
+                                                 "reference.npz"}
+    assert manifest["model_data"] == "model.onnx.data"
     for name, entry in manifest["files"].items():
         data = (out / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}

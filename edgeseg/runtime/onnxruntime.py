@@ -18,6 +18,9 @@ class OnnxRuntimeRunner(Runner):
             raise EdgesegError("onnxruntime is not installed: pip install onnxruntime") from exc
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Memory-pattern planning keeps one pre-sized block per input shape it has seen; without it
+        # the arena serves every batch (peak RSS ~5 MB lower for S0, no measurable latency change).
+        options.enable_mem_pattern = False
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeseg.bundle import check_bundle_target, verify_bundle
+from edgeseg.bundle import check_bundle_target, model_files, verify_bundle
 from edgeseg.errors import EdgesegError
 
 log = logging.getLogger(__name__)
@@ -276,6 +276,6 @@ def _size_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         model_bytes = sum(f["bytes"] for n, f in files.items() if n.startswith(package))
         model = package.rstrip("/")
     else:
-        model_bytes = files[model]["bytes"]
+        model_bytes = sum(files[name]["bytes"] for name in model_files(manifest) if name in files)
     return [("size", f"{total / 1e6:.1f} MB in {len(files)} files ({model} {model_bytes / 1e6:.1f} MB); "
                      f"manifest.json lists every sha256")]

@@ -434,6 +434,7 @@ def update_manifest(bundle: Path, manifest: dict, engine_name: str, stamps: dict
     manifest["files"][engine_name] = {"sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size}
     manifest["files"] = dict(sorted(manifest["files"].items()))
     manifest["model"] = engine_name
+    manifest.pop("model_data", None)  # the ONNX (and its weights file) stay, as the engine's source
     manifest["backend"] = "tensorrt"
     manifest["engine"] = {**manifest["engine"], "built": True, "file": engine_name}
     manifest["tensorrt"] = stamps
