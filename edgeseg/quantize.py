@@ -426,11 +426,13 @@ def quantize_bundle(
         say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, worst {fidelity['worst_cosine']:.5f}")
         ranking: list[tuple[str, float]] = []
         if not gate.passed(fidelity):
-            sens_ids = calib_ids[:sensitivity_prompts] if calib_ids is not None else eval_ids[:sensitivity_prompts]
+            # rank on calibration prompts (never the gate's own eval prompts) when there are any
+            sens_ids = (cand_tokenizer(list(calibration_prompts[:sensitivity_prompts]), length).ids
+                        if len(calibration_prompts) else cand_ids[:sensitivity_prompts])
             if mode == "static":
                 ranking = rank_layers(fp32_work, model_path, sens_ids, threads)
-            else:  # dynamic scales follow each batch; rank by weight quantization error alone
-                ranking = _weight_sensitivity(fp32_work)
+            else:  # dynamic activation scales follow each batch: simulate them per layer
+                ranking = dynamic_layer_sensitivity(fp32_work, sens_ids, threads)
             count = 1
             while not gate.passed(fidelity) and count <= len(ranking):
                 excluded = [name for name, _ in ranking[:count]]
@@ -470,7 +472,8 @@ def quantize_bundle(
             "sensitivity": [{"layer": n, "score": e} for n, e in ranking[:16]],
             "sensitivity_method": None if not ranking else (
                 "restore-one gain in token-cosine error (top layers by local error)" if mode == "static"
-                else "per-channel weight quantization error"),
+                else "local error of simulated dynamic INT8 (uint8 per-batch activations, int8 per-channel "
+                     "weights) on the calibration prompts"),
             "source_bundle": {"precision": manifest["precision"], "model_sha256": manifest["files"][
                 manifest["model"]]["sha256"]},
             "tools": tool_versions("onnx", "onnxruntime", "numpy"),
@@ -506,15 +509,43 @@ def _write_pruned_files(tmp: Path, src: Path, manifest: dict[str, Any], new_mani
     }
 
 
-def _weight_sensitivity(fp32: Path) -> list[tuple[str, float]]:
-    """Rank weight-bearing layers by the relative error of per-channel symmetric INT8 weights."""
+def dynamic_layer_sensitivity(fp32: Path, ids: np.ndarray, threads: int | None = None,
+                              batch: int = 64) -> list[tuple[str, float]]:
+    """Rank weight-bearing layers for dynamic INT8 by the relative error each adds on its own.
+
+    Simulates what ONNX Runtime's dynamic quantization does to one MatMul given its FP32 input:
+    the activation is quantized per call (``DynamicQuantizeLinear``: asymmetric uint8 over the whole
+    batch, range stretched to include 0), the weight per output channel (symmetric int8). The error
+    is ``||x_q W_q - x W|| / ||x W||`` over ``ids`` in batches of ``batch`` (as the gate runs them).
+    Activation outliers, the usual reason a layer must stay float, show up here; weights alone
+    would miss them. Largest first.
+    """
     model = onnx.load(str(fp32))
     inits = {i.name: i for i in model.graph.initializer}
-    scores = []
+    layers = []
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and node.input[1] in inits:
-            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-            scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127
-            err = np.linalg.norm(np.rint(w / scale) * scale - w) / max(np.linalg.norm(w), 1e-12)
-            scores.append((node.name, float(err)))
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            layers.append((node.name, node.input[0], numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)))
+        elif node.op_type == "Gemm" and node.input[1] in inits:
+            weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            layers.append((node.name, node.input[0], weight.T if trans_b else weight))
+    if not layers:
+        return []
+    activations = _run(fp32, ids, threads, extra_outputs=[layer[1] for layer in layers])[2:]
+    scores = []
+    for (name, _, weight), x in zip(layers, activations):
+        w_scale = np.maximum(np.abs(weight).max(axis=0, keepdims=True), 1e-12) / 127.0
+        w_q = np.clip(np.rint(weight / w_scale), -127, 127) * w_scale
+        num = den = 0.0
+        for start in range(0, len(x), batch):
+            chunk = x[start:start + batch].astype(np.float32)
+            lo, hi = min(float(chunk.min()), 0.0), max(float(chunk.max()), 0.0)
+            scale = (hi - lo) / 255.0 or 1.0
+            zero = np.clip(np.rint(-lo / scale), 0, 255)
+            x_q = (np.clip(np.rint(chunk / scale) + zero, 0, 255) - zero) * scale
+            exact = chunk @ weight
+            num += float(np.square(x_q @ w_q - exact).sum())
+            den += float(np.square(exact).sum())
+        scores.append((name, float(np.sqrt(num / max(den, 1e-24)))))
     return sorted(scores, key=lambda item: -item[1])

@@ -146,6 +146,17 @@ def test_sensitivity_fallback_returns_the_planted_layer_to_float(prompts, tmp_pa
     assert token_fidelity(got, ref, mask)["mean_cosine"] >= 0.99
 
 
+def test_dynamic_sensitivity_finds_the_planted_layer(prompts, tmp_path_factory):
+    _, fp32 = _tiny_bundle(tmp_path_factory, ["repmixer", "transformer", "transformer"], "outlier_dyn",
+                           _plant_outlier)
+    out = tmp_path_factory.mktemp("outlier_dq") / "int8"
+    manifest = quantize_bundle(fp32, out, prompts[0], prompts[1], mode="dynamic", gate=Gate(0.99, 0.9))
+    assert manifest["excluded_layers"], "the planted outlier should have failed the first attempt"
+    assert "transformer.2/pre_norm_ffn/pre_norm_ffn.1/MatMul" in manifest["excluded_layers"][0]
+    assert manifest["sensitivity"][0]["score"] > 10 * manifest["sensitivity"][1]["score"]
+    assert len(manifest["excluded_layers"]) == 1 and manifest["fidelity"]["mean_cosine"] >= 0.99
+
+
 def test_unreachable_gate_fails_without_leaving_a_bundle(fp32_bundle, prompts, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(EdgesegError, match="cannot be met"):
