@@ -1,0 +1,111 @@
+// edgeseg C++ API: a thin, header-only RAII layer over the C API (edgeseg.h). Errors throw edgeseg::Error.
+//
+//   edgeseg::Runtime runtime("bundles/s0-int8");
+//   edgeseg::Encoded out = runtime.encode({"a dog", "the leftmost child"});
+//   // out.memory: [B, L, D] float32, out.mask: [B, L] (1 = padding), out.ids: [B, L] int64
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "edgeseg/edgeseg.h"
+
+namespace edgeseg {
+
+class Error : public std::runtime_error {
+ public:
+  Error(edgeseg_status status, const std::string& message) : std::runtime_error(message), status_(status) {}
+  edgeseg_status status() const noexcept { return status_; }
+
+ private:
+  edgeseg_status status_;
+};
+
+struct Options {
+  std::string onnxruntime_library;  // empty: $EDGESEG_ONNXRUNTIME_LIBRARY, then the build-time default
+  int intra_op_threads = 0;         // 0: backend default
+  bool verify_hashes = true;
+  int device = 0;
+  bool tokenizer_only = false;  // load the tokenizer only: tokenize() works, encode() throws
+};
+
+struct Encoded {
+  size_t batch = 0;
+  int64_t context_length = 0, dim = 0;
+  std::vector<int64_t> ids;     // [B, L]
+  std::vector<uint8_t> mask;    // [B, L], 1 = padding
+  std::vector<float> memory;    // [B, L, D]
+  const float* row(size_t b, size_t t) const { return memory.data() + (b * context_length + t) * dim; }
+};
+
+class Runtime {
+ public:
+  explicit Runtime(const std::string& bundle_dir, const Options& options = Options()) {
+    edgeseg_options opts;
+    edgeseg_options_init(&opts);
+    opts.onnxruntime_library = options.onnxruntime_library.empty() ? nullptr : options.onnxruntime_library.c_str();
+    opts.intra_op_threads = options.intra_op_threads;
+    opts.verify_hashes = options.verify_hashes ? 1 : 0;
+    opts.device = options.device;
+    opts.tokenizer_only = options.tokenizer_only ? 1 : 0;
+    check(edgeseg_create(bundle_dir.c_str(), &opts, &handle_));
+  }
+  ~Runtime() { edgeseg_destroy(handle_); }
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+  Runtime(Runtime&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  Runtime& operator=(Runtime&& other) noexcept {
+    if (this != &other) {
+      edgeseg_destroy(handle_);
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+
+  int64_t context_length() const { return edgeseg_context_length(handle_); }
+  int64_t output_dim() const { return edgeseg_output_dim(handle_); }
+  std::string backend() const { return edgeseg_backend(handle_); }
+  std::string encoder_name() const { return edgeseg_encoder_name(handle_); }
+  edgeseg_runtime* handle() const { return handle_; }
+
+  // Token ids [B, L]; lengths (optional) receives the untruncated token counts.
+  std::vector<int64_t> tokenize(const std::vector<std::string>& prompts, std::vector<int64_t>* lengths = nullptr) {
+    std::vector<const char*> ptrs = pointers(prompts);
+    std::vector<int64_t> ids(prompts.size() * static_cast<size_t>(context_length()));
+    if (lengths != nullptr) lengths->assign(prompts.size(), 0);
+    check(edgeseg_tokenize(handle_, ptrs.data(), ptrs.size(), ids.data(), lengths ? lengths->data() : nullptr));
+    return ids;
+  }
+
+  Encoded encode(const std::vector<std::string>& prompts) {
+    std::vector<const char*> ptrs = pointers(prompts);
+    Encoded out;
+    out.batch = prompts.size();
+    out.context_length = context_length();
+    out.dim = output_dim();
+    const size_t tokens = out.batch * static_cast<size_t>(out.context_length);
+    out.ids.resize(tokens);
+    out.mask.resize(tokens);
+    out.memory.resize(tokens * static_cast<size_t>(out.dim));
+    check(edgeseg_encode(handle_, ptrs.data(), ptrs.size(), out.ids.data(), out.mask.data(), out.memory.data()));
+    return out;
+  }
+
+ private:
+  static void check(edgeseg_status status) {
+    if (status != EDGESEG_OK) throw Error(status, edgeseg_last_error());
+  }
+  static std::vector<const char*> pointers(const std::vector<std::string>& prompts) {
+    std::vector<const char*> ptrs;
+    ptrs.reserve(prompts.size());
+    for (const auto& p : prompts) ptrs.push_back(p.c_str());
+    return ptrs;
+  }
+
+  edgeseg_runtime* handle_ = nullptr;
+};
+
+}  // namespace edgeseg
