@@ -23,9 +23,56 @@ demo: $(STAMP)
 	$(BIN)/edgeseg compare --prompts calibration/samples.txt
 	$(BIN)/python benchmarks/int8_bench.py --quick --skip-teacher-int8 --skip-all-int8 \
 		--work out/int8-work --out out/int8-report
+	$(BIN)/edgeseg distill --student mobileclip-s0 --limit 128 --eval-limit 48 --steps 16 --batch-size 16 \
+		--warmup-steps 2 --eval-every 8 --checkpoint-every 8 --out out/distill-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ---- C++ runtime (engines/, issue 7) ----------------------------------------------------------------------
+# `make cpp`: Debian packages if missing (apt-get when root), ONNX Runtime's official C/C++ headers from
+# the npm package com.github.asus4.onnxruntime (the PyPI wheel has the library but no headers) into
+# build/third_party, then configure + build build/cpp and run ctest (except the "python" label: pytest runs
+# tests/test_engines.py right after in `make test`). `make cpp-asan`: the same tests
+# built with ASan + UBSan (EDGESEG_SANITIZE=ON) in build/cpp-asan. `make test` runs both before pytest
+# (tests/test_engines.py checks C++ vs Python parity on the build/cpp build).
+.PHONY: cpp cpp-asan cpp-deps ort-headers
+CPP_DEBS := libutf8proc-dev nlohmann-json3-dev libgtest-dev zlib1g-dev cmake
+ORT_NPM_VERSION ?= 0.4.9
+ORT_DIR := build/third_party/onnxruntime
+ORT_HEADERS := $(ORT_DIR)/include/onnxruntime_c_api.h
+CMAKE_GEN := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
+CPP_JOBS ?= 2
+
+cpp-deps:
+	@if ! dpkg -s $(CPP_DEBS) >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CPP_DEBS) ninja-build; \
+	  else echo "C++ runtime: install the build dependencies first: sudo apt-get install $(CPP_DEBS) ninja-build" >&2; fi; \
+	fi
+
+$(ORT_HEADERS):
+	rm -rf build/third_party/npm && mkdir -p build/third_party/npm $(ORT_DIR)/include
+	cd build/third_party/npm && npm pack --silent com.github.asus4.onnxruntime@$(ORT_NPM_VERSION) >/dev/null
+	tar -xzf build/third_party/npm/com.github.asus4.onnxruntime-$(ORT_NPM_VERSION).tgz -C build/third_party/npm \
+		--wildcards '*/ios-arm64_x86_64-simulator/onnxruntime.framework/Headers/*.h'
+	cp build/third_party/npm/package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64_x86_64-simulator/onnxruntime.framework/Headers/*.h \
+		$(ORT_DIR)/include/
+	rm -rf build/third_party/npm
+
+ort-headers: $(ORT_HEADERS)
+
+cpp: $(STAMP) cpp-deps $(ORT_HEADERS)
+	cmake -S . -B build/cpp $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cpp -j$(CPP_JOBS)
+	ctest --test-dir build/cpp -j$(CPP_JOBS) --output-on-failure -LE python
+
+cpp-asan: $(STAMP) cpp-deps $(ORT_HEADERS)
+	cmake -S . -B build/cpp-asan $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Debug -DEDGESEG_SANITIZE=ON
+	cmake --build build/cpp-asan -j$(CPP_JOBS)
+	ctest --test-dir build/cpp-asan -j$(CPP_JOBS) --output-on-failure
+
+test: cpp cpp-asan
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgeseg tests
