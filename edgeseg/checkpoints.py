@@ -244,12 +244,16 @@ def load_encoder(
     name: str,
     checkpoint: str | os.PathLike | None = None,
     context_length: int | None = None,
-    position_table: str = DEFAULT_POSITION_TABLE,
+    position_table: str | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> TextEncoder:
-    """Build the named encoder and fill it from ``checkpoint`` strictly (or seeded random weights)."""
-    if position_table not in POSITION_TABLE_MODES:
+    """Build the named encoder and fill it from ``checkpoint`` strictly (or seeded random weights).
+
+    ``position_table`` (students with a 77-row table): 'interpolate' or 'slice'; None = the mode the
+    checkpoint records (``position_table`` in its metadata or its ``meta`` dict), else 'interpolate'.
+    """
+    if position_table is not None and position_table not in POSITION_TABLE_MODES:
         raise EdgesegError(
             f"unknown position-table mode {position_table!r}; choose one of {', '.join(POSITION_TABLE_MODES)}"
         )
@@ -258,6 +262,10 @@ def load_encoder(
         return build_encoder(name, context_length, device=device, seed=seed)
 
     ckpt = read_checkpoint(checkpoint)
+    if position_table is None:
+        meta = ckpt.metadata.get("meta") if isinstance(ckpt.metadata.get("meta"), dict) else {}
+        recorded = ckpt.metadata.get("position_table") or meta.get("position_table")
+        position_table = recorded if recorded in POSITION_TABLE_MODES else DEFAULT_POSITION_TABLE
     if ckpt.layout == "edgeseg" and ckpt.metadata.get("encoder") not in (None, name):
         raise EdgesegError(f"{ckpt.path} is an edgeseg {ckpt.metadata['encoder']} checkpoint, not {name}")
     saved_length = ckpt.metadata.get("context_length") if ckpt.layout == "edgeseg" else None

@@ -27,8 +27,9 @@ CHECKPOINT_HELP = (
 )
 POSITION_HELP = (
     "How a student checkpoint's 77-row position table is reduced to the context length: 'interpolate' "
-    "(bilinear, how the LiteText checkpoints were trained; default) or 'slice' (first rows, what "
-    "efficientsam3's released inference code does)."
+    "(bilinear, how the LiteText checkpoints were trained) or 'slice' (first rows, what efficientsam3's "
+    "released inference code does). Default: the mode the checkpoint records (edgeseg distill splice "
+    "writes 'slice'), else 'interpolate'."
 )
 PROMPTS_HELP = "UTF-8 text file, one prompt per line (blank lines are skipped)."
 
@@ -42,7 +43,7 @@ def _note(message: str) -> None:
     click.echo(f"edgeseg: {message}", err=True)
 
 
-def _load(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str,
+def _load(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None,
           device: str, seed: int):
     from edgeseg.checkpoints import load_encoder
 
@@ -79,10 +80,10 @@ def cli(verbose: int) -> None:
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Also read this checkpoint, check it matches the encoder, and report it.")
-@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
-              show_default=True, help=POSITION_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
+              help=POSITION_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def info(encoder: str, context_length: int | None, checkpoint: Path | None, position_table: str,
+def info(encoder: str, context_length: int | None, checkpoint: Path | None, position_table: str | None,
          as_json: bool) -> None:
     """Describe an encoder: parameters, FP32 size, context length, output width.
 
@@ -142,8 +143,8 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
               help="Run a bundle (from export/quantize/build) instead of a torch encoder; never imports torch.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
-@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
-              show_default=True, help=POSITION_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
+              help=POSITION_HELP)
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .npz: input_ids int64 [B, L], mask bool [B, L] (True = padding), "
@@ -155,7 +156,7 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (bundles).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
-           position_table: str, prompts_file: Path, out: Path, batch_size: int | None, device: str,
+           position_table: str | None, prompts_file: Path, out: Path, batch_size: int | None, device: str,
            threads: int | None, seed: int) -> None:
     """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
     from tqdm import tqdm
@@ -192,15 +193,15 @@ def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, co
 @click.option("--encoder", required=True, help=ENCODER_HELP)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
-@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
-              show_default=True, help=POSITION_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
+              help=POSITION_HELP)
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
                    "(default: 32 prompts of the held-out eval split).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
-def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str, opset: int,
+def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None, opset: int,
            reference_prompts: Path | None, seed: int, out: Path) -> None:
     """Export an encoder to an FP32 ONNX bundle, verified against torch with ONNX Runtime.
 
@@ -350,8 +351,8 @@ def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out
               help="Start from an ONNX bundle (edgeseg export / quantize) instead of a torch encoder.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
-@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
-              show_default=True, help=POSITION_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
+              help=POSITION_HELP)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Default: int8 (static Q/DQ) for onnx/gpu/jetson, fp16 for coreml; with --bundle, the bundle's. "
                    "Core ML int8 = 8-bit weights, FP16 activations.")
@@ -382,7 +383,7 @@ def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
-          position_table: str, precision: str | None, max_batch: int, out: Path, reference_prompts: Path | None,
+          position_table: str | None, precision: str | None, max_batch: int, out: Path, reference_prompts: Path | None,
           calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
           method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
           version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,

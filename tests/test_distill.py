@@ -300,6 +300,9 @@ def test_splice_writes_litetext_layout_that_loads_back_exactly(tmp_path, capsys)
     ids = torch.tensor(get_tokenizer()(["a dog", "the red car on the left"], 16).ids)
     with torch.no_grad():
         assert torch.equal(loaded(ids)[0], student(ids)[0])
+    # without --position-table the loader follows the mode the file records ("slice")
+    default = load_encoder("mobileclip-s0", out)
+    assert all(torch.equal(default.state_dict()[k], ref[k]) for k in ref)
     # documented: bilinear 77 -> 16 resamples the rows, so a spliced file must be read with slice
     resized = torch.nn.functional.interpolate(table.float(), size=(16, 512), mode="bilinear", align_corners=False)
     assert not torch.equal(resized, ref[STUDENT_TABLE_KEY])
