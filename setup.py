@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["edgeseg", "edgeseg.*"]),
-    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt"]},
+    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt", "bench/*.json"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "numpy",
@@ -27,7 +27,8 @@ setup(
     extras_require={
         # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and
         # torchvision without declaring them.
-        "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil"],
+        "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil",
+                 "scikit-image"],  # edgeseg bench: the sample photos of the segmentation benchmark
         "coreml": ["coremltools>=8"],  # 9.0 tested (converts on Linux; predicts on macOS)
         "tensorrt": ["tensorrt>=10"],  # GPU machines only; not installable in CI
         "dev": ["pytest", "ruff"],

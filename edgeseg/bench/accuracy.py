@@ -1,0 +1,58 @@
+"""Embedding-level accuracy of a candidate against the FP32 SAM3 teacher.
+
+What is compared, exactly: the teacher runs at context 32 and the students at 16. The teacher is
+causal, so its first 16 positions at context 32 are what it would give at context 16; the students
+are bidirectional and see their own 16 positions. Token metrics compare ``candidate[:, :16]`` with
+``teacher[:, :16]`` on the positions valid (not padding) in *both* (they differ only for prompts
+longer than 16 tokens, whose EOT moves; those are counted in ``truncated_at_candidate``). The
+retrieval check uses what SAM3's scorer reads: the masked mean of the memory over each encoder's
+own valid tokens (teacher: all of its valid tokens at 32, candidate: at its context), cosine
+similarity, and asks whether each prompt's candidate embedding is closest to its own teacher
+embedding among all evaluated prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeseg.outputs import Encoded, cosine, pooled
+
+
+def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
+    """Token cosine/MSE on the common positions and pooled retrieval; see the module docstring."""
+    if candidate.memory.shape[0] != teacher.memory.shape[0]:
+        raise ValueError("candidate and teacher encoded different numbers of prompts")
+    length = min(candidate.memory.shape[1], teacher.memory.shape[1])
+    cand, ref = candidate.memory[:, :length].astype(np.float64), teacher.memory[:, :length].astype(np.float64)
+    valid = ~candidate.mask[:, :length] & ~teacher.mask[:, :length]
+    counts = np.maximum(valid.sum(1), 1)
+    token_cos = cosine(cand, ref)
+    per_prompt_cos = (token_cos * valid).sum(1) / counts
+    per_prompt_mse = (((cand - ref) ** 2).mean(-1) * valid).sum(1) / counts
+    mask_mismatch = int((candidate.mask[:, :length] != teacher.mask[:, :length]).any(1).sum())
+    cand_pooled = pooled(candidate.memory, candidate.mask)
+    ref_pooled = pooled(teacher.memory, teacher.mask)
+    a = cand_pooled / np.maximum(np.linalg.norm(cand_pooled, axis=1, keepdims=True), 1e-12)
+    b = ref_pooled / np.maximum(np.linalg.norm(ref_pooled, axis=1, keepdims=True), 1e-12)
+    sims = a @ b.T  # [N candidates, N teacher]
+    own = np.diag(sims)
+    rank = (sims > own[:, None]).sum(1)  # 0 = own teacher embedding is the nearest
+    truncated = int((~candidate.mask).all(1).sum())  # every position valid: the prompt filled the context
+    return {
+        "prompts": int(len(per_prompt_cos)),
+        "compared_positions": length,
+        "mean_token_cosine": float(per_prompt_cos.mean()),
+        "worst_token_cosine": float(per_prompt_cos.min()),
+        "mse": float(per_prompt_mse.mean()),
+        "pooled_cosine_mean": float(own.mean()),
+        "retrieval_top1": float((rank == 0).mean()),
+        "retrieval_top5": float((rank < 5).mean()),
+        "mean_rank": float(rank.mean()),
+        "mask_mismatch_prompts": mask_mismatch,
+        "truncated_at_candidate": truncated,
+    }
+
+
+METHOD = __doc__.split("\n\n", 1)[1].strip().replace("\n", " ")

@@ -1,0 +1,140 @@
+"""Where and with what a benchmark ran: device, versions, git state, background load.
+
+Every figure edgeseg publishes comes with this record (results.json ``environment``), so that a
+reader can tell what was measured on which machine with which software.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+VERSIONED = ("edgeseg", "torch", "onnxruntime", "onnx", "tensorrt", "coremltools", "sam3", "numpy", "scikit-image")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags that decide INT8/FP32 GEMM speed (VNNI gives INT8 dot products)."""
+    wanted = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "f16c")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Commit of the edgeseg checkout and whether tracked files differ from it (None outside git)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "tracked_changes": bool(status) if status is not None else None}
+
+
+def gpu_info() -> dict[str, Any] | None:
+    """The CUDA device torch sees, if torch is already imported and CUDA is available."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "memory_bytes": int(props.total_memory),
+            "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+
+
+def environment(threads: int) -> dict[str, Any]:
+    return {
+        "device": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu_info(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {n: version(n) for n in VERSIONED},
+        "git": git_info(),
+    }
+
+
+class CpuMeter:
+    """CPU time the rest of the machine used while a phase ran (from /proc/stat minus this process tree).
+
+    ``other_cores`` is the average number of cores busy with other processes: on an idle machine
+    it is near 0; a value near 1 on a 2-core machine means half the CPU went elsewhere and the
+    latencies of that phase are inflated.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as fh:
+                values = [int(v) for v in fh.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(values) - values[3] - values[4]) / tick  # all but idle and iowait
+        mine = os.times()
+        return busy, mine.user + mine.system + mine.children_user + mine.children_system, time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        end = self._read()
+        if self.start is None or end is None:
+            return {"other_cores": None}
+        wall = max(end[2] - self.start[2], 1e-9)
+        other = max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1]))
+        return {"other_cores": other / wall, "other_cpu_s": other, "wall_s": wall, "cpus": os.cpu_count(),
+                "how": "/proc/stat busy time minus this process's and its children's CPU time, over the wall time"}
+
+
+def background_load(seconds: float = 3.0) -> float | None:
+    meter = CpuMeter()
+    time.sleep(seconds)
+    return meter.stop()["other_cores"]
+
+
+def wait_for_idle(limit_s: float, threshold: float = 0.15) -> dict[str, Any]:
+    start = time.perf_counter()
+    load = background_load()
+    while load is not None and load > threshold and time.perf_counter() - start < limit_s:
+        log.warning("other processes use %.2f core(s); waiting for the machine to go idle (%.0f s left)",
+                    load, limit_s - (time.perf_counter() - start))
+        time.sleep(10)
+        load = background_load()
+    return {"other_cores_before": load, "waited_s": time.perf_counter() - start}
