@@ -69,8 +69,16 @@ def cli(verbose: int) -> None:
     """edgeseg: SAM3's text encoder for edge devices.
 
     Tokenize prompts exactly as SAM3 does, run the SAM3 teacher or a SAM3-LiteText MobileCLIP
-    student, and (in later stages) distill, quantize and compile them. Encoders map token ids
-    [B, L] to memory [B, L, 256] float32 and a padding mask [B, L] (True = padding).
+    student, distill the teacher into a student, export to ONNX, quantize to INT8, build bundles
+    for ONNX Runtime, TensorRT (GPU, Jetson) and Core ML, and benchmark them against the FP32 SAM3
+    text encoder. Encoders map token ids [B, L] to memory [B, L, 256] float32 and a padding mask
+    [B, L] (True = padding).
+
+    \b
+    edgeseg export --encoder mobileclip-s0 --out s0-fp32
+    edgeseg quantize s0-fp32 --out s0-int8
+    edgeseg encode --bundle s0-int8 --prompts prompts.txt --out memory.npz
+    edgeseg build --target jetson --encoder mobileclip-s0 --precision int8 --out s0-jetson
     """
     _setup_logging(verbose)
 
