@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeseg.bundle import REFERENCE, bundle_writer, copy_into, finalize, io_spec, save_reference, tool_versions
+from edgeseg.bundle import REFERENCE, bundle_writer, finalize, io_spec, save_reference, tool_versions
 from edgeseg.encoders import TextEncoder
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
-from edgeseg.tokenizer import VOCAB_FILENAME, VOCAB_MD5, default_vocab_path, get_tokenizer
+from edgeseg.tokenizer import get_tokenizer
+from edgeseg.vocab import write_bundle_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def export_bundle(
         if max_diff > tolerance:
             raise EdgesegError(f"export verification failed: ONNX vs torch max abs diff {max_diff:.3g} > {tolerance}")
         fidelity = token_fidelity(memory, ref_memory, ref_mask)
-        copy_into(tmp, default_vocab_path(), VOCAB_FILENAME)
+        tokenizer = write_bundle_vocabulary(tmp)
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
         manifest = finalize(tmp, {
             "encoder": model.name,
@@ -127,8 +128,7 @@ def export_bundle(
             "backend": "onnxruntime",
             "model": MODEL_FILE,
             **io_spec(model.context_length, model.output_dim),
-            "tokenizer": {"vocab": VOCAB_FILENAME, "vocab_md5": VOCAB_MD5, "sot_id": 49406, "eot_id": 49407,
-                          "pad_id": 0, "vocab_size": 49408, "cleaning": "sam3-lower", "id_map": None},
+            "tokenizer": tokenizer,
             "source": source,
             "export": {"opset": opset, "exporter": "torch.onnx (TorchScript)", "verified_against": "torch fp32",
                        "max_abs_diff": max_diff, "tolerance": tolerance, "prompts": len(reference_prompts),

@@ -57,7 +57,7 @@ from edgeseg.bundle import (
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import cosine, pooled, token_fidelity
 from edgeseg.tokenizer import VOCAB_SIZE
-from edgeseg.vocab import PRUNED_VOCAB_FILENAME, PrunedVocabulary, prune_vocabulary
+from edgeseg.vocab import PRUNED_VOCAB_FILENAME, PrunedVocabulary, md5_file, prune_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -555,12 +555,13 @@ def _write_pruned_files(tmp: Path, src: Path, manifest: dict[str, Any], new_mani
             raise EdgesegError("vocabulary pruning dropped a token of the bundle's reference prompts")
         save_reference(tmp / reference_name, ref["prompts"], ids, ref["memory"], ref["mask"])
     new_manifest["tokenizer"] = {
-        **manifest["tokenizer"], "vocab": PRUNED_VOCAB_FILENAME, "vocab_md5": hashlib.md5(
-            (tmp / PRUNED_VOCAB_FILENAME).read_bytes(), usedforsecurity=False).hexdigest(),
+        **manifest["tokenizer"], "vocab": PRUNED_VOCAB_FILENAME, "vocab_md5": md5_file(tmp / PRUNED_VOCAB_FILENAME),
         "sot_id": pruned.sot_id, "eot_id": pruned.eot_id, "pad_id": 0, "vocab_size": pruned.vocab_size,
         "num_merges": pruned.num_merges,
         "pruned": {"corpus": prune_name, "sha256": prompts_hash(prune_prompts), "prompts": len(prune_prompts),
-                   "original_vocab_size": VOCAB_SIZE, "original_vocab_md5": manifest["tokenizer"].get("vocab_md5"),
+                   "original_vocab_size": VOCAB_SIZE,
+                   "original_vocab_md5": manifest["tokenizer"].get("source_vocab_md5",
+                                                                   manifest["tokenizer"].get("vocab_md5")),
                    "kept_ids": pruned.vocab_size,
                    "rule": "merges applied while tokenizing the corpus and the reference prompts, in rank order, "
                            "plus the 512 byte symbols and SOT/EOT"},

@@ -22,6 +22,7 @@ the new SOT/EOT ids and the row map.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -30,11 +31,51 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.tokenizer import NUM_MERGES, SPECIAL_TOKENS, VOCAB_SIZE, Tokenizer
+from edgeseg.tokenizer import (
+    EOT_ID,
+    NUM_MERGES,
+    PAD_ID,
+    SOT_ID,
+    SPECIAL_TOKENS,
+    VOCAB_FILENAME,
+    VOCAB_MD5,
+    VOCAB_SIZE,
+    Tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
 PRUNED_VOCAB_FILENAME = "bpe_pruned_vocab.txt.gz"
+BUNDLE_VOCAB_FILENAME = "bpe_vocab.txt.gz"
+
+
+def write_merges(path: str | os.PathLike, merges: Sequence[tuple[str, str]], header: str) -> Path:
+    """A merges file in the CLIP vocabulary format (header line, one merge per line), deterministic gzip."""
+    path = Path(path)
+    text = f"#version: {header}\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
+        fh.write(text.encode("utf-8"))
+    return path
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    return hashlib.md5(Path(path).read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def write_bundle_vocabulary(directory: str | os.PathLike) -> dict:
+    """Write the vocabulary a bundle ships and return the manifest's ``tokenizer`` section.
+
+    CLIP's file holds 262,145 lines but SAM3's tokenizer reads only the header and the first
+    48,894 merges; the bundle ships exactly those (~1 MB less), which Meta's ``SimpleTokenizer``,
+    edgeseg's tokenizer and the C++ runtime all read identically. The manifest keeps the md5 of
+    the original file it was cut from.
+    """
+    name = BUNDLE_VOCAB_FILENAME
+    path = write_merges(Path(directory) / name, Tokenizer(context_length=2).merges,
+                        f"CLIP BPE, first {NUM_MERGES} merges of {VOCAB_FILENAME} (the ones SAM3's tokenizer uses)")
+    return {"vocab": name, "vocab_md5": md5_file(path), "source_vocab": VOCAB_FILENAME, "source_vocab_md5": VOCAB_MD5,
+            "sot_id": SOT_ID, "eot_id": EOT_ID, "pad_id": PAD_ID, "vocab_size": VOCAB_SIZE, "num_merges": NUM_MERGES,
+            "cleaning": "sam3-lower", "id_map": None}
 BYTE_SYMBOLS = 512  # 256 byte symbols + the same 256 with "</w>"
 
 
@@ -74,12 +115,8 @@ class PrunedVocabulary:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the kept merges in the CLIP vocabulary format (deterministic gzip)."""
-        path = Path(path)
-        text = f"#version: edgeseg pruned CLIP BPE, {self.num_merges} of {NUM_MERGES} merges kept\n"
-        text += "".join(f"{a} {b}\n" for a, b in self.merges)
-        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as fh:
-            fh.write(text.encode("utf-8"))
-        return path
+        return write_merges(path, self.merges,
+                            f"edgeseg pruned CLIP BPE, {self.num_merges} of {NUM_MERGES} merges kept")
 
     def tokenizer(self, path: str | os.PathLike, context_length: int) -> Tokenizer:
         """The tokenizer of a written pruned vocabulary."""

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import datetime as dt
 import functools
+import gzip
 import hashlib
 import io
 import json
@@ -275,9 +276,14 @@ def test_bundle_manifest_fields(tiny_bundle, student):
                                    {"name": "mask", "dtype": "bool", "shape": ["batch", 16]}]
     tok = manifest["tokenizer"]
     assert (tok["sot_id"], tok["eot_id"], tok["pad_id"], tok["vocab_size"]) == (49406, 49407, 0, 49408)
-    assert tok["vocab_md5"] == "933b7abbbbde62c36f02f0e6ccde464f"
+    assert tok["source_vocab_md5"] == "933b7abbbbde62c36f02f0e6ccde464f" == hashlib.md5(
+        default_vocab_path().read_bytes()).hexdigest()
     assert hashlib.md5((out / tok["vocab"]).read_bytes()).hexdigest() == tok["vocab_md5"]
-    assert (out / tok["vocab"]).read_bytes() == default_vocab_path().read_bytes()
+    # the bundle ships exactly the merges SAM3's tokenizer reads: the first 48,894 of CLIP's file
+    shipped = gzip.open(out / tok["vocab"], "rt", encoding="utf-8").read().split("\n")
+    original = gzip.open(default_vocab_path(), "rt", encoding="utf-8").read().split("\n")
+    assert tok["num_merges"] == 48894 and shipped[1:-1] == original[1:48895] and shipped[-1] == ""
+    assert (out / tok["vocab"]).stat().st_size < 0.5 * default_vocab_path().stat().st_size
     assert manifest["source"] == SOURCE
     assert manifest["calibration"] is None
     assert "fidelity" in manifest

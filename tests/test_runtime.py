@@ -162,7 +162,7 @@ def test_wrong_ids_shape_is_refused(tiny, shape):
         runner.infer(np.ones(shape, dtype=np.int64))
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "bpe_simple_vocab_16e6.txt.gz", "reference.npz"])
+@pytest.mark.parametrize("name", ["model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz"])
 def test_a_tampered_file_is_refused_on_load(tiny_copy, name):
     flip_byte(tiny_copy / name)
     with pytest.raises(EdgesegError, match="sha256") as info:

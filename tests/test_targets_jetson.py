@@ -80,7 +80,7 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     out, result = int8_build
     manifest = verify_bundle(out)
     assert manifest == result.manifest
-    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_simple_vocab_16e6.txt.gz", "reference.npz",
+    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz",
                                       "build_engine.py"}
     assert (manifest["target"], manifest["backend"], manifest["model"], manifest["precision"]) == (
         "jetson", "onnxruntime", "model.onnx", "int8")

@@ -88,7 +88,7 @@ def test_pruned_int8_bundle_matches_the_unpruned_one_on_corpus_prompts(bundles, 
     fp32, (plain_dir, plain), out, manifest, corpus = bundles
     assert verify_bundle(out)["tokenizer"]["vocab_size"] == manifest["tokenizer"]["vocab_size"] < VOCAB_SIZE
     assert manifest["tokenizer"]["pruned"]["prompts"] == len(corpus)
-    assert "bpe_simple_vocab_16e6.txt.gz" not in manifest["files"]
+    assert "bpe_vocab.txt.gz" not in manifest["files"]
     size = sum(f["bytes"] for f in manifest["files"].values())
     assert size < sum(f["bytes"] for f in plain["files"].values())
     model = onnx.load(str(out / "model.onnx"))
@@ -141,3 +141,18 @@ def test_cli_prune_vocab_reports_resegmented_prompts(bundles, tmp_path):
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["tokenizer"]["pruned"]["corpus"] == "corpus.txt"
     assert manifest["fidelity"]["resegmented"]["prompts"] >= 1  # "zyzzyva" is not in the corpus
+
+
+def test_bundle_vocabulary_reads_the_same_in_metas_tokenizer(tmp_path):
+    from conftest import import_sam3
+
+    from edgeseg.tokenizer import default_vocab_path
+    from edgeseg.vocab import write_bundle_vocabulary
+
+    simple_tokenizer, _ = import_sam3()
+    section = write_bundle_vocabulary(tmp_path)
+    prompts = calibration_prompts()[::97] + HARD_PROMPTS
+    full = simple_tokenizer(bpe_path=str(default_vocab_path()))(prompts, context_length=32).numpy()
+    cut = simple_tokenizer(bpe_path=str(tmp_path / section["vocab"]))(prompts, context_length=32).numpy()
+    assert np.array_equal(full, cut)
+    assert np.array_equal(Tokenizer(tmp_path / section["vocab"], 32, section["num_merges"])(prompts).ids, full)

@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle import REFERENCE, bundle_writer, copy_into, finalize, save_reference, tool_versions
+from edgeseg.bundle import REFERENCE, bundle_writer, finalize, save_reference, tool_versions
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
-from edgeseg.tokenizer import VOCAB_FILENAME, VOCAB_MD5, default_vocab_path, get_tokenizer
+from edgeseg.tokenizer import get_tokenizer
+from edgeseg.vocab import write_bundle_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ def coreml_bundle(
             if not predicted["passed"]:
                 raise EdgesegError(f"Core ML vs FP32 reference: mean cosine {predicted['mean_cosine']:.5f}, worst "
                                    f"{predicted['worst_cosine']:.5f} below the gate {mean} / {worst}")
-        copy_into(tmp, default_vocab_path(), VOCAB_FILENAME)
+        tokenizer = write_bundle_vocabulary(tmp)
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
         manifest = finalize(tmp, {
             "encoder": model.name,
@@ -349,8 +350,7 @@ def coreml_bundle(
             # The package is a folder; its Manifest.json stands for it (the bundle lists files only).
             "model": f"{PACKAGE}/Manifest.json",
             **io_spec(length, model.output_dim),
-            "tokenizer": {"vocab": VOCAB_FILENAME, "vocab_md5": VOCAB_MD5, "sot_id": 49406, "eot_id": 49407,
-                          "pad_id": 0, "vocab_size": 49408, "cleaning": "sam3-lower", "id_map": None},
+            "tokenizer": tokenizer,
             "source": source,
             "coreml": {
                 "package": PACKAGE, "model_type": "mlProgram", "minimum_deployment_target": "iOS17 / macOS14",
