@@ -34,10 +34,10 @@ with load(bundle, threads=threads) as runner:
     t1 = time.perf_counter()
     encoded = runner.encode(prompts, batch_size=batch)
     t2 = time.perf_counter()
-print(json.dumps({"torch_imported": "torch" in sys.modules, "modules": len(sys.modules),
+sys.stdout.write(json.dumps({"torch_imported": "torch" in sys.modules, "modules": len(sys.modules),
                   "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "prompts": int(encoded.memory.shape[0]), "memory_shape": list(encoded.memory.shape),
-                  "import_load_s": t1 - t0, "encode_s": t2 - t1}))
+                  "import_load_s": t1 - t0, "encode_s": t2 - t1}) + "\n")
 """
 
 TORCH_CHILD = r"""
@@ -54,11 +54,11 @@ t1 = time.perf_counter()
 encoded = encode_prompts(model, prompts, batch_size=int(batch))
 t2 = time.perf_counter()
 gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-print(json.dumps({"torch_imported": True, "modules": len(sys.modules),
+sys.stdout.write(json.dumps({"torch_imported": True, "modules": len(sys.modules),
                   "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "gpu_peak_allocated_bytes": gpu,
                   "prompts": int(encoded.memory.shape[0]), "memory_shape": list(encoded.memory.shape),
-                  "import_load_s": t1 - t0, "encode_s": t2 - t1}))
+                  "import_load_s": t1 - t0, "encode_s": t2 - t1}) + "\n")
 """
 
 TIME_V = "/usr/bin/time"
