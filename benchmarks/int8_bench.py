@@ -832,7 +832,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fidelity-prompts", type=int, default=200, help="eval prompts for the recomputed S0 fidelity")
     p.add_argument("--teacher-fidelity-prompts", type=int, default=None,
                    help="eval prompts for the recomputed teacher fidelity (default 100, --quick 32)")
-    p.add_argument("--rss-batch", type=int, default=64, help="batch size of the memory children")
+    p.add_argument("--rss-batch", type=int, default=16,
+                   help="batch size of the memory children (16: the runtime's default for bundles)")
     p.add_argument("--skip-teacher-int8", action="store_true", help="do not build/measure teacher INT8")
     p.add_argument("--teacher-static", action="store_true",
                    help="also build teacher INT8 static Q/DQ (slow: calibration of the 353M teacher on CPU)")
