@@ -107,8 +107,12 @@ def test_check_spec_reports_problems(built):
 
 
 def test_errors(tmp_path, tiny, monkeypatch):
-    with pytest.raises(EdgesegError, match="not implemented"):
-        pipeline.build("coreml", tmp_path / "w", model=tiny, prompts=pipeline.Prompts(REFERENCE), w8a8=True)
+    with pytest.raises(EdgesegError, match="use it with --precision int8"):
+        pipeline.build("coreml", tmp_path / "w", model=tiny, precision="fp16", prompts=pipeline.Prompts(REFERENCE),
+                       w8a8=True)
+    with pytest.raises(EdgesegError, match="needs calibration prompts"):
+        pipeline.build("coreml", tmp_path / "w", model=tiny, precision="int8", prompts=pipeline.Prompts(REFERENCE),
+                       w8a8=True)
     with pytest.raises(EdgesegError, match="give --encoder"):
         pipeline.preflight("coreml", "int8", from_bundle=True)
     with pytest.raises(EdgesegError, match="coreml only"):
@@ -159,3 +163,33 @@ def test_mobileclip_s0_int8_package_is_at_most_50_mb(tmp_path):
     assert facts["quantized_elements"] >= 0.95 * model.num_parameters(include_unused=False)
     assert manifest["coreml"]["package_bytes"] == facts["bytes"]
     assert manifest["fidelity"]["emulated_weights"]["mean_cosine"] > 0.999
+
+
+def test_w8a8_bundle(tiny, tmp_path):
+    """--w8a8: activation quantize/dequantize pairs in the package, calibration and ops kept float in the
+    manifest, the program's float32 emulation through the W8A8 gate, and it differs from weights-only int8."""
+    from edgeseg.corpus import load_split
+
+    prompts = pipeline.Prompts(REFERENCE, calibration=load_split("calibration")[:40], calibration_name="cal40",
+                               evaluation=load_split("eval")[:24])
+    out = tmp_path / "w8a8"
+    result = pipeline.build("coreml", out, model=tiny, precision="int8", prompts=prompts, source=SOURCE,
+                            max_batch=MAX_BATCH, w8a8=True)
+    manifest = verify_bundle(out)
+    facts = coreml.inspect_package(out / "model.mlpackage")
+    assert coreml.check_spec(facts, 16, MAX_BATCH, "int8", w8a8=True) == []
+    count = facts["ops"]["quantize"]
+    assert coreml.check_spec(facts, 16, MAX_BATCH, "int8") == [f"{count} activation quantize op(s) in a package "
+                                                               "built without --w8a8"]
+    assert facts["ops"]["quantize"] >= 3 and facts["ops"]["dequantize"] >= 3
+    assert manifest["coreml"]["w8a8"] is True and "W8A8" in manifest["coreml"]["activations"]
+    assert manifest["calibration"]["name"] == "cal40" and manifest["calibration"]["count"] == 40
+    assert manifest["excluded_layers"] == manifest["coreml"]["float_activation_ops"]
+    fid = manifest["fidelity"]["mil_emulation"]
+    assert fid["prompts"] == 24 and fid["mean_cosine"] >= fid["gate"]["mean_cosine"]
+    assert any("W8A8" in value for _, value in result.rows)
+    # the same encoder with 8-bit weights only: its emulation is not the W8A8 one
+    int8 = pipeline.build("coreml", tmp_path / "int8", model=tiny, precision="int8", prompts=prompts, source=SOURCE,
+                          max_batch=MAX_BATCH)
+    assert int8.manifest["fidelity"]["mil_emulation"]["mean_cosine"] != fid["mean_cosine"]
+    assert "quantize" not in coreml.inspect_package(tmp_path / "int8" / "model.mlpackage")["ops"]

@@ -10,14 +10,15 @@ The package:
 * outputs ``memory`` float32 ``[batch, L, 256]`` and ``mask`` **int32** ``[batch, L]``, 1 = padding
   (``input_ids == 0``), 0 = a real token (Core ML has no bool outputs);
 * ``--precision int8``: 8-bit weights (``linear_quantize_weights``: symmetric, per output channel,
-  every weight of more than 2,048 elements, the token embedding included), FP16 activations.
-  W8A8 (8-bit activations too) is not implemented.
+  every weight of more than 2,048 elements, the token embedding included), FP16 activations;
+  with ``w8a8`` also 8-bit activations (:func:`quantize_activations`, calibrated with :mod:`edgeseg.targets.mil`).
 
 Conversion traces the inference copy of the encoder (:func:`edgeseg.export.inference_copy`, RepMixer
 fused). torch and coremltools are imported only inside the functions that need them. On Linux
 coremltools cannot run a model, so the package is checked by its spec (names, types, shapes,
-deployment target, op counts, quantized weights, size) and by an emulation of its stored weights
-in torch; on macOS it is also run and compared with the reference outputs.
+deployment target, op counts, quantized weights, size), by an emulation of its stored weights
+in torch and by evaluating its MIL program in float32 (:mod:`edgeseg.targets.mil`, gated); on macOS
+it is also run and compared with the reference outputs.
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ log = logging.getLogger(__name__)
 
 PACKAGE = "model.mlpackage"
 SPEC_VERSION_IOS17 = 8  # Core ML specification version of iOS 17 / macOS 14
+#: smallest activation |max| quantized to 8 bits under --w8a8: its scale amax/127 is then a normal FP16 number
+MIN_ACTIVATION_AMAX = 127 * 2.0 ** -14
 WEIGHT_THRESHOLD = 2048  # weights with more elements are quantized (coremltools' default)
 MAX_ENUMERATED_BATCH = 64
 QUANTIZED_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 #: Core ML (FP16 compute) vs the FP32 reference on macOS, per precision
 PREDICT_GATES = {"fp32": (0.9999, 0.999), "fp16": (0.999, 0.99), "int8": (0.995, 0.98)}
+#: the package's MIL program in float32 vs the FP32 reference (any OS): FP16/INT8 weights, W8A8 activations
+EMULATION_GATES = {"fp32": (0.99999, 0.9999), "fp16": (0.9999, 0.999), "int8": (0.995, 0.98), "w8a8": (0.995, 0.98)}
+EMULATION_PROMPTS = 200
+W8A8_CALIBRATION = 512
 
 
 def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[str, Any]]]:
@@ -85,12 +92,15 @@ def batch_sizes(max_batch: int) -> list[int]:
     return list(range(1, max_batch + 1))
 
 
-def convert(model, precision: str, max_batch: int, w8a8: bool = False):
-    """Trace the encoder's inference copy and convert it to an ML program (``ct.models.MLModel``)."""
-    if w8a8:
-        raise EdgesegError("W8A8 Core ML (8-bit activations, coremltools' linear_quantize_activations with "
-                           "calibration) is not implemented; --precision int8 gives 8-bit weights with FP16 "
-                           "activations")
+def convert(model, precision: str, max_batch: int, w8a8: bool = False, calibration_ids: np.ndarray | None = None):
+    """Trace the encoder's inference copy and convert it to an ML program (``ct.models.MLModel``).
+
+    ``w8a8`` (with ``precision="int8"``) also quantizes activations, calibrated on ``calibration_ids``.
+    """
+    if w8a8 and precision != "int8":
+        raise EdgesegError("--w8a8 quantizes activations on top of 8-bit weights: use it with --precision int8")
+    if w8a8 and (calibration_ids is None or not len(calibration_ids)):
+        raise EdgesegError("--w8a8 needs calibration prompts")
     if precision not in ("fp32", "fp16", "int8"):
         raise EdgesegError(f"unknown precision {precision!r} for Core ML")
     ct = require_coremltools()
@@ -128,6 +138,8 @@ def convert(model, precision: str, max_batch: int, w8a8: bool = False):
             compute_units=ct.ComputeUnit.CPU_AND_NE,
             compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
         )
+        if w8a8:
+            mlmodel, float_activations = quantize_activations(mlmodel, calibration_ids)
         if precision == "int8":
             from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
@@ -142,8 +154,69 @@ def convert(model, precision: str, max_batch: int, w8a8: bool = False):
     mlmodel.user_defined_metadata.update({
         "edgeseg.encoder": model.name, "edgeseg.context_length": str(length), "edgeseg.precision": precision,
         "edgeseg.mask": "1 = padding (input_ids == 0)",
+        "edgeseg.activations": "int8 before linear/conv inputs (W8A8), float16 elsewhere" if w8a8 else
+        ("float32" if precision == "fp32" else "float16"),
     })
+    if w8a8:
+        mlmodel.user_defined_metadata["edgeseg.float_activation_ops"] = ",".join(float_activations)
     return mlmodel
+
+
+def quantize_activations(mlmodel, calibration_ids: np.ndarray | None, batch: int = 16,
+                         feeds: Sequence[dict[str, np.ndarray]] | None = None):
+    """8-bit activations (W8A8's A8): symmetric int8 quantize/dequantize pairs before every ``linear`` and
+    ``conv`` input, ranges = min/max over ``calibration_ids``.
+
+    coremltools' ``linear_quantize_activations`` calibrates by running the model with Core ML (macOS
+    only); here the same ranges come from :mod:`edgeseg.targets.mil` (the program evaluated in float32)
+    and go through the same coremltools passes (prefix/suffix pairs, then redundant-pair elimination).
+    Residual ``add`` inputs stay in float, as in the ONNX INT8 recipe. ``feeds`` (input dicts) replaces
+    ``calibration_ids`` for programs that are not encoders. Returns (model, ops kept float).
+    """
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as model_utils
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig
+
+    from edgeseg.targets import mil
+
+    program = mil.load_program(mlmodel)
+    if feeds is None:  # an encoder: batches of token ids
+        feeds = ({"input_ids": calibration_ids[i:i + batch].astype(np.int32)}
+                 for i in range(0, len(calibration_ids), batch))
+    ranges = mil.activation_ranges(program, feeds)
+    floating = float_ops(program, ranges)
+    config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"),
+                                op_type_configs={"add": None}, op_name_configs={name: None for name in floating})
+    passes = []
+    for name in ("compression::insert_prefix_quantize_dequantize_pair",
+                 "compression::insert_suffix_quantize_dequantize_pair"):
+        graph_pass = PASS_REGISTRY[name]
+        graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", ranges)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    quantized = model_utils._apply_graph_pass(mlmodel, passes, spec_version=SPEC_VERSION_IOS17,
+                                              pymil_load_func=load_milproto, skip_model_load=mlmodel.__proxy__ is None)
+    return quantized, floating
+
+
+def float_ops(program, ranges: dict[str, dict[str, float]]) -> list[str]:
+    """``linear``/``conv`` ops whose input or output range is too small for an FP16 scale.
+
+    The passes store each scale in FP16 (amax / 127); below ``MIN_ACTIVATION_AMAX`` it would be
+    subnormal or zero (an all-zero range has no scale at all), so those ops keep float activations.
+    """
+    names = []
+    for op in program.functions["main"].operations:
+        if op.op_type not in ("linear", "conv"):
+            continue
+        tensors = [op.inputs["x"].name] + [v.name for v in op.outputs]
+        tensors += [v.name for child in op.outputs[0].child_ops for v in child.outputs]  # conv -> activation
+        amax = [max(abs(ranges[t]["rmin"]), abs(ranges[t]["rmax"])) for t in tensors if t in ranges]
+        if amax and min(amax) < MIN_ACTIVATION_AMAX:
+            names.append(op.name)
+    return names
 
 
 # -- checking a package without running it ------------------------------------------------------
@@ -208,7 +281,7 @@ def inspect_package(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_spec(facts: dict[str, Any], context_length: int, max_batch: int, precision: str,
-               output_dim: int = 256) -> list[str]:
+               output_dim: int = 256, w8a8: bool = False) -> list[str]:
     """Problems with a package's spec against the contract; empty when it is right."""
     problems = []
     if facts.get("model_type") != "mlProgram":
@@ -244,6 +317,11 @@ def check_spec(facts: dict[str, Any], context_length: int, max_batch: int, preci
         problems.append("--precision int8 but no weight is stored as 8-bit")
     if precision != "int8" and facts.get("quantized_weights"):
         problems.append(f"{precision} package holds 8-bit weights")
+    activation_quantizers = facts.get("ops", {}).get("quantize", 0)
+    if w8a8 and not activation_quantizers:
+        problems.append("--w8a8 but no activation is quantized")
+    if not w8a8 and activation_quantizers:
+        problems.append(f"{activation_quantizers} activation quantize op(s) in a package built without --w8a8")
     return problems
 
 
@@ -273,6 +351,32 @@ def emulate_stored_weights(model, input_ids: np.ndarray, precision: str) -> tupl
     return memory.numpy(), mask.numpy()
 
 
+def emulate_program(package: str | os.PathLike, reference_model, prompts: Sequence[str], context_length: int,
+                    gate: str) -> dict[str, Any]:
+    """The package's MIL program evaluated in float32 vs ``reference_model`` (torch FP32) on up to
+    ``EMULATION_PROMPTS`` evenly spaced ``prompts``; raises when the ``gate`` (a precision or "w8a8") is missed."""
+    import torch
+
+    from edgeseg.targets import mil
+
+    prompts = list(prompts)[::max(1, len(prompts) // EMULATION_PROMPTS)][:EMULATION_PROMPTS]
+    ids = get_tokenizer()(prompts, context_length).ids
+    with torch.no_grad():
+        ref_memory, ref_mask = reference_model(torch.from_numpy(ids))
+    memory, mask = mil.evaluate_batches(mil.load_program(package), ids, 16)
+    if not np.array_equal(mask, ref_mask.numpy()):
+        raise EdgesegError("the Core ML program's padding mask differs from the encoder's")
+    fidelity = token_fidelity(memory, ref_memory.float().numpy(), ref_mask.numpy())
+    mean, worst = EMULATION_GATES[gate]
+    fidelity.update({"vs": "torch fp32", "gate": {"mean_cosine": mean, "worst_cosine": worst},
+                     "how": "the package's MIL program evaluated op by op with torch in float32 (stored weights, "
+                            "quantize/dequantize steps; not Core ML's FP16 arithmetic)"})
+    if fidelity["mean_cosine"] < mean or fidelity["worst_cosine"] < worst:
+        raise EdgesegError(f"the Core ML program ({gate}) vs torch FP32: mean cosine {fidelity['mean_cosine']:.5f}, "
+                           f"worst {fidelity['worst_cosine']:.5f} below the gate {mean} / {worst}")
+    return fidelity
+
+
 def predict(package: str | os.PathLike, input_ids: np.ndarray, max_batch: int,
             compute_units: str = "CPU_AND_NE") -> tuple[np.ndarray, np.ndarray]:
     """Run a package with Core ML (macOS only) in batches; returns memory float32 and mask bool."""
@@ -299,8 +403,17 @@ def coreml_bundle(
     w8a8: bool = False,
     extra: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    calibration: Sequence[str] | None = None,
+    evaluation: Sequence[str] | None = None,
+    calibration_name: str = "calibration",
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Convert ``model`` and write a Core ML bundle at ``out``; returns (manifest, summary rows)."""
+    """Convert ``model`` and write a Core ML bundle at ``out``; returns (manifest, summary rows).
+
+    Every package's MIL program is also evaluated (:mod:`edgeseg.targets.mil`) on up to
+    ``EMULATION_PROMPTS`` of ``evaluation`` (default: the reference prompts) against torch FP32 and
+    must meet the precision's gate; ``w8a8`` calibrates activations on up to ``W8A8_CALIBRATION``
+    of ``calibration``.
+    """
     import torch
 
     say = progress or (lambda message: log.info("%s", message))
@@ -313,8 +426,20 @@ def coreml_bundle(
     with torch.no_grad():
         ref_memory, ref_mask = reference(torch.from_numpy(tokens.ids))
     ref_memory, ref_mask = ref_memory.float().numpy(), ref_mask.numpy()
-    say(f"converting {model.name} to a Core ML ML program ({precision}, batch 1..{max_batch})")
-    mlmodel = convert(model, precision, max_batch, w8a8)
+    from edgeseg.quantize import prompts_hash
+
+    calibration_ids = None
+    if w8a8:
+        if not calibration:
+            raise EdgesegError("--w8a8 needs calibration prompts")
+        calibration = list(calibration)[::max(1, len(calibration) // W8A8_CALIBRATION)][:W8A8_CALIBRATION]
+        calibration_ids = get_tokenizer()(calibration, length).ids
+        say(f"W8A8: calibrating activations on {len(calibration)} prompts (MIL emulation)")
+    say(f"converting {model.name} to a Core ML ML program ({precision}{' W8A8' if w8a8 else ''}, "
+        f"batch 1..{max_batch})")
+    mlmodel = convert(model, precision, max_batch, w8a8, calibration_ids)
+    float_activation_ops = [n for n in mlmodel.user_defined_metadata.get("edgeseg.float_activation_ops", "").split(",")
+                            if n]
     memory, mask = emulate_stored_weights(model, tokens.ids, precision)
     if not np.array_equal(mask, ref_mask):
         raise EdgesegError("Core ML weight emulation changed the padding mask")
@@ -323,9 +448,12 @@ def coreml_bundle(
     with bundle_writer(out) as tmp:
         mlmodel.save(str(tmp / PACKAGE))
         facts = inspect_package(tmp / PACKAGE)
-        problems = check_spec(facts, length, max_batch, precision, model.output_dim)
+        problems = check_spec(facts, length, max_batch, precision, model.output_dim, w8a8)
         if problems:
             raise EdgesegError(f"the Core ML package fails its spec check: {'; '.join(problems)}")
+        say("evaluating the package's MIL program against torch FP32")
+        program_fidelity = emulate_program(tmp / PACKAGE, reference, evaluation or reference_prompts, length,
+                                           "w8a8" if w8a8 else precision)
         predicted = None
         if sys.platform == "darwin":
             memory, mask = predict(tmp / PACKAGE, tokens.ids, max_batch)
@@ -358,7 +486,9 @@ def coreml_bundle(
                 "compute_precision": "float32" if precision == "fp32" else "float16",
                 "weights": {"int8": "int8 symmetric per-channel (linear_quantize_weights), embedding included",
                             "fp16": "float16", "fp32": "float32"}[precision],
-                "activations": "float32" if precision == "fp32" else "float16",
+                "activations": mlmodel.user_defined_metadata["edgeseg.activations"],
+                "w8a8": w8a8,
+                "float_activation_ops": float_activation_ops,
                 "batch_sizes": batch_sizes(max_batch), "max_batch": max_batch,
                 "ops": facts["ops"], "quantized_weights": facts["quantized_weights"],
                 "quantized_elements": facts["quantized_elements"], "package_bytes": facts["bytes"],
@@ -368,9 +498,13 @@ def coreml_bundle(
             },
             "fidelity": {"emulated_weights": {**emulated, "vs": "torch fp32", "how": (
                 "torch with the stored weights, float32 compute (FP16 arithmetic not emulated)")},
+                "mil_emulation": program_fidelity,
                 "coreml": predicted},
-            "calibration": None,
-            "excluded_layers": [],
+            "calibration": {"name": calibration_name, "count": len(calibration), "method": "minmax",
+                            "sha256": prompts_hash(calibration),
+                            "how": "activation min/max from the MIL program evaluated in float32"}
+            if w8a8 else None,
+            "excluded_layers": float_activation_ops,
             "reference": {"file": REFERENCE, "prompts": len(reference_prompts), "outputs": "torch fp32"},
             "params": model.num_parameters(include_unused=False),
             **(extra or {}),
@@ -381,6 +515,10 @@ def coreml_bundle(
                            f"8-bit weight tensor(s), {size:.1f} MB"))
     rows.append(("check", f"spec OK ({sum(facts['ops'].values())} ops); stored-weight emulation vs FP32: mean cos "
                           f"{emulated['mean_cosine']:.5f}, worst {emulated['worst_cosine']:.5f}"))
+    rows.append(("emulate", f"MIL program in float32 vs torch FP32 ({program_fidelity['prompts']} prompts): mean cos "
+                            f"{program_fidelity['mean_cosine']:.5f}, worst {program_fidelity['worst_cosine']:.5f}"
+                            + (f"; W8A8: {facts['ops'].get('quantize', 0)} activation quantize ops, "
+                               f"{len(float_activation_ops)} linear/conv kept float" if w8a8 else "")))
     if predicted:
         rows.append(("predict", f"Core ML ({predicted['compute_units']}) vs FP32: mean cos "
                                 f"{predicted['mean_cosine']:.5f}, worst {predicted['worst_cosine']:.5f}"))

@@ -94,9 +94,8 @@ def preflight(target: str, precision: str, from_bundle: bool, w8a8: bool = False
                                "not --bundle")
         from edgeseg.targets.coreml import require_coremltools
 
-        if w8a8:
-            raise EdgesegError("--w8a8 (8-bit activations on Core ML) is not implemented; --precision int8 gives "
-                               "8-bit weights with FP16 activations")
+        if w8a8 and precision != "int8":
+            raise EdgesegError("--w8a8 quantizes activations on top of 8-bit weights: use it with --precision int8")
         require_coremltools()
     elif target == "gpu":
         from edgeseg.targets.tensorrt import require_tensorrt
@@ -173,7 +172,9 @@ def build(
 
         build_info["build"]["stages"] = ["coreml"]
         manifest, target_rows = coreml_bundle(model, out, precision, max_batch, prompts.reference, source or {},
-                                              w8a8=w8a8, extra=build_info, progress=say)
+                                              w8a8=w8a8, extra=build_info, progress=say,
+                                              calibration=prompts.calibration, evaluation=prompts.evaluation,
+                                              calibration_name=prompts.calibration_name)
         return BuildResult(manifest, _header(name, out, target, precision, max_batch, context) + target_rows
                            + _size_rows(manifest))
 
