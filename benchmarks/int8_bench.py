@@ -561,8 +561,12 @@ def make_bars(results: dict[str, Any]) -> list[dict[str, Any]]:
             if ref not in lat:
                 continue
             value = lat[best][field_name]
+            estimates = results.get("gemm", {}).get("estimates", {})
+            teacher_backend = "torch-fp32" if ref == "sam3-torch-fp32" else "ort-fp32"
+            estimate = estimates.get(f"ort-{best.removeprefix('s0-')} vs {teacher_backend}")
             bar(f"best S0 INT8 ({best}) p50 speed-up vs {ref}, batch 1", f">= {target:g}x", value, "{:.1f}x",
-                value >= target, f"p50 {lat[best]['p50_ms']:.2f} ms vs {lat[ref]['p50_ms']:.1f} ms")
+                value >= target, f"p50 {lat[best]['p50_ms']:.2f} ms vs {lat[ref]['p50_ms']:.1f} ms"
+                + (f"; this CPU's GEMM rates estimate {estimate['ratio']:.0f}x (see Latency)" if estimate else ""))
             if best != "s0-int8-static" and "s0-int8-static" in lat:
                 value = lat["s0-int8-static"][field_name]
                 bar(f"static Q/DQ (s0-int8-static) p50 speed-up vs {ref}, batch 1", f">= {target:g}x", value,
@@ -705,6 +709,16 @@ def render_report(results: dict[str, Any]) -> str:
         out += ["### Tokenizer (per prompt, not included above)", "", tok["method"] + ". Constructing a Tokenizer "
                 f"(reading the vocabulary) takes {tok['construct_ms']:.0f} ms once per process.", "",
                 md_table(["ctx", "cold p50 ms", "cold p95 ms", "cold mean ms", "warm p50 ms"], rows, "rrrrr"), ""]
+    gemm = results.get("gemm")
+    if gemm:
+        import gemm_ceiling
+
+        out += ["### Why these ratios: MACs and this CPU's GEMM throughput", "",
+                "`benchmarks/gemm_ceiling.py`, run in this benchmark: " + gemm["how"] + ". On a CPU whose INT8 "
+                "products run no faster than FP32 ones (no VNNI/AMX here), the latency ratio stays near the MAC "
+                "ratio times the teacher's and S0's GEMM efficiencies; the 150x/80x bars need INT8 products about "
+                "3x faster than FP32 ones at S0's shapes (VNNI, AMX, ARM dot-product, GPUs, NPUs).", "",
+                *gemm_ceiling.render(gemm), ""]
     mem = results.get("memory")
     if mem:
         rows = []
@@ -964,6 +978,13 @@ def main(argv: list[str] | None = None) -> int:
     for runner in runners.values():
         runner.deactivate()
     del torch_model
+    if "sam3-fp32" in available and "s0-fp32" in available:
+        import gemm_ceiling
+
+        say("GEMM throughput at the teacher's and S0's shapes (why the latency ratios are what they are)")
+        results["gemm"] = gemm_ceiling.estimate(available["sam3-fp32"], available["s0-fp32"], args.threads)
+        for name, e in results["gemm"]["estimates"].items():
+            say(f"gemm estimate {name}: {e['ratio']:.1f}x")
 
     # 6. outputs
     results["bars"] = make_bars(results)

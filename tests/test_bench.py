@@ -240,3 +240,35 @@ def test_unknown_baseline_and_bad_batches(tmp_path, args, needle):
 def test_unknown_candidate(tmp_path):
     rc, err = run_cli(["bench", "mobileclip-s9", "--skip-segmentation", "--out", str(tmp_path / "out")])
     assert rc == 2 and "neither a bundle directory nor an encoder name" in _one_error_line(err)
+
+
+def test_gemm_estimate_counts_the_encoders_macs(tmp_path_factory, monkeypatch):
+    """benchmarks/gemm_ceiling.py: MACs from the ONNX graph equal the torch model's weight products, and the
+    estimated ratio is computed from the rates it measured (rates replaced by known numbers here)."""
+    import importlib.util
+
+    from edgeseg.export import inference_copy
+
+    spec = importlib.util.spec_from_file_location("gemm_ceiling", ROOT / "benchmarks/gemm_ceiling.py")
+    gemm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gemm)
+    student, bundle, manifest = tiny_exported_bundle(tmp_path_factory)
+    expected = 0
+    for module in inference_copy(student).modules():
+        if isinstance(module, torch.nn.Linear):
+            expected += module.in_features * module.out_features
+        elif isinstance(module, torch.nn.Conv2d) and module.groups == 1 and module.kernel_size == (1, 1):
+            expected += module.in_channels * module.out_channels
+    macs = gemm.weight_macs(bundle)
+    assert macs["context_length"] == manifest["context_length"] == 16
+    assert macs["macs_per_call"] == expected * 16 > 0
+
+    rates = {"ort-fp32": 10.0, "ort-int8-static": 20.0, "ort-int8-dynamic": 40.0, "torch-fp32": 5.0}
+    monkeypatch.setattr(gemm, "gemm_rates", lambda m, k, n, threads: {b: {"gmac_per_s": r, "median_us": 1.0}
+                                                                      for b, r in rates.items()})
+    result = gemm.estimate(bundle, bundle, 2)  # the same bundle as teacher and student: ratio = rate ratio
+    assert result["mac_ratio"] == 1.0
+    assert result["estimates"]["ort-int8-dynamic vs ort-fp32"]["ratio"] == pytest.approx(4.0)
+    assert result["estimates"]["ort-int8-static vs torch-fp32"]["ratio"] == pytest.approx(4.0)
+    assert result["estimates"]["ort-fp32 vs torch-fp32"]["ratio"] == pytest.approx(2.0)
+    assert "| S0 | 16 x" in "\n".join(gemm.render(result))
