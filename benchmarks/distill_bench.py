@@ -57,6 +57,26 @@ def _step(student, opt, sched, ids, target, cfg) -> float:
     return loss.item()
 
 
+def weight_macs_per_token(model: torch.nn.Module) -> int:
+    """Multiply-accumulates per token of the weight matrices the forward pass applies: Linear weights,
+    attention in-projections and 1x1 convolutions (unused parameters, embedding lookups, attention
+    products and depthwise convolutions not counted; the last two are < 1% here)."""
+    unused = set(getattr(model, "unused_parameters", ()))
+    modules = dict(model.named_modules())
+    total = 0
+    for name, param in model.named_parameters():
+        owner_name = name.rpartition(".")[0]
+        if name in unused or owner_name in unused:
+            continue
+        owner = modules[owner_name]
+        if param.dim() == 2 and (isinstance(owner, torch.nn.Linear) or name.endswith("in_proj_weight")):
+            total += param.numel()
+        elif isinstance(owner, torch.nn.Conv2d) and param.dim() == 4 and owner.groups == 1 \
+                and owner.kernel_size == (1, 1):
+            total += param.numel()
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="mobileclip-s0")
@@ -92,22 +112,28 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         n = len(cache)
 
+        def sync() -> None:
+            if torch.device(args.device).type == "cuda":
+                torch.cuda.synchronize()
+
         def cached_step() -> None:
             rows = rng.choice(n, args.batch_size, replace=n < args.batch_size)
             ids = torch.from_numpy(np.asarray(cache.ids[rows], dtype=np.int64)).to(args.device)
             target = torch.from_numpy(cache.targets(rows)).to(args.device)
             _step(student, opt, sched, ids, target, cfg)
 
+        teacher_forward: list[float] = []
+
         def teacher_step() -> None:
             rows = rng.choice(n, args.batch_size, replace=n < args.batch_size)
             ids = torch.from_numpy(np.asarray(cache.ids[rows], dtype=np.int64)).to(args.device)
+            sync()
+            t0 = time.perf_counter()
             with torch.inference_mode():
                 target = teacher(ids)[0].half()
+            sync()
+            teacher_forward.append(time.perf_counter() - t0)
             _step(student, opt, sched, ids, target.clone(), cfg)
-
-        def sync() -> None:
-            if torch.device(args.device).type == "cuda":
-                torch.cuda.synchronize()
 
         times: dict[str, list[float]] = {"cached": [], "teacher": []}
         cached_step()
@@ -125,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cached_sps = 1.0 / statistics.median(times["cached"])
     teacher_sps = 1.0 / statistics.median(times["teacher"])
+    forward_s = statistics.median(teacher_forward[1:] or teacher_forward)
+    teacher_macs, student_macs = weight_macs_per_token(teacher), weight_macs_per_token(student)
+    # training a layer costs ~3x its forward (forward, input gradient, weight gradient)
+    mac_limit = 1.0 + teacher_macs / (3.0 * student_macs)
     result = {
         "weights": "random/synthetic",
         "student": args.student if student_config is None else student_config.get("name", "custom"),
@@ -134,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
         "cache_build_prompts_per_s": round(cache_rate, 2), "cached_steps_per_s": round(cached_sps, 4),
         "teacher_in_loop_steps_per_s": round(teacher_sps, 4), "speedup": round(cached_sps / teacher_sps, 2),
         "goal_speedup": 10.0, "step_times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+        "teacher_forward_s": round(forward_s, 4),
+        "measured_limit": round(1.0 + forward_s / statistics.median(times["cached"]), 2),
+        "teacher_macs_per_token": teacher_macs, "student_macs_per_token": student_macs,
+        "mac_limit": round(mac_limit, 2),
+        "limits_how": "speed-up = (teacher forward + student step) / (cached student step); measured_limit uses "
+                      "the median teacher forward; mac_limit = 1 + teacher forward MACs / (3 x student forward "
+                      "MACs), i.e. the speed-up if every MAC cost the same in both",
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -145,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| student steps/s, cached targets (batch {args.batch_size}) | {cached_sps:.3f} |",
         f"| student steps/s, teacher in the loop (batch {args.batch_size}) | {teacher_sps:.3f} |",
         f"| speed-up (goal >= 10x) | {result['speedup']:.1f}x |",
+        f"| teacher forward alone (batch {args.batch_size}, inside the teacher-in-the-loop step) | "
+        f"{forward_s:.3f} s |",
+        f"| MACs per token: teacher forward / student forward | {teacher_macs / 1e6:.1f} M / "
+        f"{student_macs / 1e6:.1f} M |",
+        f"| speed-up if every MAC cost the same: 1 + teacher / (3 x student) | {mac_limit:.1f}x |",
     ]
     print("\n".join(table))
     if args.out:
