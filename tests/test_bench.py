@@ -272,3 +272,21 @@ def test_gemm_estimate_counts_the_encoders_macs(tmp_path_factory, monkeypatch):
     assert result["estimates"]["ort-int8-static vs torch-fp32"]["ratio"] == pytest.approx(4.0)
     assert result["estimates"]["ort-fp32 vs torch-fp32"]["ratio"] == pytest.approx(2.0)
     assert "| S0 | 16 x" in "\n".join(gemm.render(result))
+
+
+def test_progress_goes_to_logs_as_lines(capsys):
+    """Without a terminal (a log file, CI) progress is plain lines on stderr, not a tqdm bar."""
+    from edgeseg.bench import _bar
+
+    with _bar(3, "segmentation (1 images)", "step") as bar:
+        bar.every_s = 0.0  # a line per step
+        for prompt in ("a dog", "a cat", "a car"):
+            bar.set_postfix_str(prompt)
+            bar.update(1)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" after ")[0] for line in err] == [f"edgeseg: segmentation (1 images): {i}/3" for i in (1, 2, 3)]
+    assert err[-1].endswith("(a car)")
+    with _bar(4, "latency rounds") as bar:  # default: at most every 30 s, and the last step
+        for _ in range(4):
+            bar.update(1)
+    assert capsys.readouterr().err.count("\n") == 1
