@@ -387,8 +387,9 @@ def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache (default: ~/.cache/edgeseg/tensorrt-timing.cache).")
 @click.option("--float-embedding", is_flag=True, help="INT8: keep the token-embedding table FP32 (default: INT8 rows).")
-@click.option("--w8a8", is_flag=True, help="Core ML with --precision int8: 8-bit activations too (symmetric, "
-              "before every linear/conv input, calibrated on the calibration prompts; pays off on A17 Pro / M4).")
+@click.option("--w8a8", is_flag=True, help="Core ML: 8-bit activations on top of 8-bit weights (implies --precision "
+              "int8; symmetric, before every linear/conv input, calibrated on the calibration prompts; pays off on "
+              "A17 Pro / M4).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
@@ -415,7 +416,7 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
         raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
-    precision = resolve_precision(target, precision, from_bundle)
+    precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)
     facts = preflight(target, precision, bundle is not None, w8a8)
     calibration, calibration_name = (read_prompts(calibration_file), calibration_file.name) if calibration_file \
         else (load_split("calibration"), "calibration/calibration.txt")

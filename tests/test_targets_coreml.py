@@ -193,3 +193,23 @@ def test_w8a8_bundle(tiny, tmp_path):
                           max_batch=MAX_BATCH)
     assert int8.manifest["fidelity"]["mil_emulation"]["mean_cosine"] != fid["mean_cosine"]
     assert "quantize" not in coreml.inspect_package(tmp_path / "int8" / "model.mlpackage")["ops"]
+
+
+def test_cli_w8a8_implies_int8_and_refuses_other_precisions(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_build(target, out, **kwargs):
+        seen.update(target=target, precision=kwargs["precision"], w8a8=kwargs["w8a8"])
+        return pipeline.BuildResult({}, [("build", "fake")])
+
+    monkeypatch.setattr(pipeline, "build", fake_build)
+    assert main(["build", "--target", "coreml", "--encoder", "mobileclip-s0", "--w8a8", "--out",
+                 str(tmp_path / "a")]) == 0
+    assert seen == {"target": "coreml", "precision": "int8", "w8a8": True}
+    capsys.readouterr()
+    assert main(["build", "--target", "coreml", "--encoder", "mobileclip-s0", "--w8a8", "--precision", "fp16",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["edgeseg: error: --w8a8 quantizes activations on top of 8-bit weights: use it with --precision "
+                   "int8"]
+    assert not (tmp_path / "b").exists()
