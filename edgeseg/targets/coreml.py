@@ -493,8 +493,8 @@ def coreml_bundle(
                 "ops": facts["ops"], "quantized_weights": facts["quantized_weights"],
                 "quantized_elements": facts["quantized_elements"], "package_bytes": facts["bytes"],
                 "weights_bytes": facts["weights_bytes"],
-                "checked": "spec + prediction" if predicted else "spec (Core ML cannot run on "
-                                                                     f"{platform.system()})",
+                "checked": "spec + MIL emulation + prediction" if predicted else
+                f"spec + MIL emulation (Core ML cannot run on {platform.system()})",
             },
             "fidelity": {"emulated_weights": {**emulated, "vs": "torch fp32", "how": (
                 "torch with the stored weights, float32 compute (FP16 arithmetic not emulated)")},
