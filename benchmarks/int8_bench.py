@@ -46,6 +46,7 @@ from edgeseg.bench.latency import Candidate, add_ratios, interleaved_latency
 from edgeseg.bench.latency import tokenizer_timing as _tokenizer_timing
 from edgeseg.bench.memory import RUNTIME_CHILD, run_measured, torch_child
 from edgeseg.bench.report import md_table
+from edgeseg.runtime.base import DEFAULT_BATCH
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_NOTE = "random/synthetic weights (seed 0): no real checkpoint; fidelity and float-layer counts are not " \
@@ -846,8 +847,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fidelity-prompts", type=int, default=200, help="eval prompts for the recomputed S0 fidelity")
     p.add_argument("--teacher-fidelity-prompts", type=int, default=None,
                    help="eval prompts for the recomputed teacher fidelity (default 100, --quick 32)")
-    p.add_argument("--rss-batch", type=int, default=16,
-                   help="batch size of the memory children (16: the runtime's default for bundles)")
+    p.add_argument("--rss-batch", type=int, default=DEFAULT_BATCH,
+                   help=f"batch size of the memory children ({DEFAULT_BATCH}: the runtime's default for bundles)")
     p.add_argument("--skip-teacher-int8", action="store_true", help="do not build/measure teacher INT8")
     p.add_argument("--teacher-static", action="store_true",
                    help="also build teacher INT8 static Q/DQ (slow: calibration of the 353M teacher on CPU)")

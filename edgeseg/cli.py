@@ -158,7 +158,7 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
               help="Output .npz: input_ids int64 [B, L], mask bool [B, L] (True = padding), "
                    "memory float32 [B, L, 256].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Prompts per model call (default: 16 for bundles, which keeps ONNX Runtime's working memory "
+              help="Prompts per model call (default: 8 for bundles, which keeps ONNX Runtime's working memory "
                    "small; 64 for torch encoders).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (bundles).")
@@ -179,10 +179,11 @@ def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, co
     check_output_folder(out)
     if bundle is not None:
         from edgeseg.runtime import load
+        from edgeseg.runtime.base import DEFAULT_BATCH
 
         with load(bundle, threads=threads) as runner, \
                 tqdm(total=len(prompts), unit="prompt", desc=bundle.name, disable=None, file=sys.stderr) as bar:
-            result = runner.encode(prompts, batch_size=batch_size or 16, progress=bar.update)
+            result = runner.encode(prompts, batch_size=batch_size or DEFAULT_BATCH, progress=bar.update)
         name, length = f"bundle {bundle}", runner.context_length
     else:
         from edgeseg.encode import encode_prompts
