@@ -17,6 +17,7 @@ figures from it are labelled "MIL emulation".
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,10 @@ def _tensor(torch, value):
     return value
 
 
+#: per program: its constants as float32 tensors and its constexpr (stored-weight) results, computed once
+_CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def evaluate(program, inputs: Mapping[str, np.ndarray],
              observe: Callable[[str, Any], None] | None = None) -> dict[str, np.ndarray]:
     """Run ``program``'s ``main`` on ``inputs`` (float32 math); ``observe(name, tensor)`` sees every value.
@@ -288,6 +293,7 @@ def evaluate(program, inputs: Mapping[str, np.ndarray],
     import torch
 
     function = program.functions["main"]
+    constants = _CONSTANTS.setdefault(program, {})  # const values and constexpr results, reused across calls
     env: dict[str, Any] = {}
     for name, var in function.inputs.items():
         if name not in inputs:
@@ -299,15 +305,21 @@ def evaluate(program, inputs: Mapping[str, np.ndarray],
     def value_of(var):
         if var.name in env:
             return env[var.name]
+        if var.name in constants:
+            return constants[var.name]
         if var.val is not None:
-            env[var.name] = _tensor(torch, var.val)
-            return env[var.name]
+            constants[var.name] = _tensor(torch, var.val)
+            return constants[var.name]
         raise EdgesegError(f"MIL evaluation: {var.name!r} has no value yet (program order)")
 
     with torch.no_grad():
         for op in function.operations:
             if op.op_type == "const":
                 continue  # read on first use
+            if op.op_type.startswith("constexpr_") and op.outputs[0].name in constants:
+                if observe is not None:
+                    observe(op.outputs[0].name, constants[op.outputs[0].name])
+                continue
             fn = OPS.get(op.op_type)
             if fn is None:
                 raise EdgesegError(f"MIL evaluation: operation {op.op_type!r} ({op.name}) is not supported")
@@ -326,7 +338,7 @@ def evaluate(program, inputs: Mapping[str, np.ndarray],
                 raise EdgesegError(f"MIL evaluation: {op.op_type} gave {len(results)} outputs, expected "
                                    f"{len(op.outputs)}")
             for var, value in zip(op.outputs, results):
-                env[var.name] = value
+                (constants if op.op_type.startswith("constexpr_") else env)[var.name] = value
                 if observe is not None:
                     observe(var.name, value)
     return {var.name: np.asarray(env[var.name].numpy()) for var in function.outputs}
