@@ -255,15 +255,23 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
                    "plus all byte tokens; the bundle ships the pruned tokenizer. 'train' = the shipped calibration "
                    "+ distill splits (never the eval split the gate uses), or a prompt file. Words outside the "
                    "corpus still tokenize (into smaller pieces); the gate reports those prompts apart.")
+@click.option("--smooth-alpha", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.5,
+              show_default=True,
+              help="Static mode: SmoothQuant-style smoothing of LayerNorm -> MatMul pairs whose largest channel peak "
+                   "is >= 8x the median (the outlier channels of trained transformers), folded into the LayerNorm "
+                   "and the weights before calibration; alpha = how much of the imbalance moves into the weights. "
+                   "0 turns it off.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration_limit: int | None, method: str,
              mode: str, eval_prompts: Path | None, eval_limit: int, min_mean_cosine: float,
-             min_worst_cosine: float, float_embedding: bool, prune_vocab: str | None, threads: int | None) -> None:
+             min_worst_cosine: float, float_embedding: bool, prune_vocab: str | None, smooth_alpha: float,
+             threads: int | None) -> None:
     """Quantize an FP32 ONNX bundle to INT8, calibrated on prompts and gated on fidelity.
 
     Static mode writes explicit Q/DQ (symmetric INT8, per-channel weights, per-tensor activations)
     on every weight-bearing MatMul/Gemm; LayerNorm, Softmax, GELU and residual Adds stay float. The
-    token-embedding table is stored INT8 with a scale per row. If INT8 vs FP32 on the eval prompts
+    token-embedding table is stored INT8 with a scale per row. LayerNorm outputs with outlier
+    channels are smoothed first (--smooth-alpha). If INT8 vs FP32 on the eval prompts
     misses the gate, the layers that add the most error are returned to float until it holds; the
     manifest lists them. Never imports torch.
     """
@@ -290,7 +298,7 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     manifest = quantize_bundle(bundle, out, calibration, evaluation, calibration_name=calibration_name,
                                method=method, mode=mode, gate=Gate(min_mean_cosine, min_worst_cosine),
                                embedding_int8=not float_embedding, threads=threads, progress=_note,
-                               prune_prompts=prune_prompts, prune_name=prune_name)
+                               prune_prompts=prune_prompts, prune_name=prune_name, smooth_alpha=smooth_alpha)
     fid = manifest["fidelity"]
     size = sum(f["bytes"] for f in manifest["files"].values())
     _note(f"INT8 ({mode}) -> {out}: {size / 1e6:.1f} MB, mean cosine {fid['mean_cosine']:.5f}, worst "

@@ -8,6 +8,9 @@ Recipe (``mode="static"``, the TensorRT-ready default):
 * only weight-bearing ops are quantized: every MatMul/Gemm with a constant weight (S0's 1x1
   convolutions are exported as MatMul). Attention's activation x activation MatMuls, LayerNorm,
   Softmax, GELU and the residual Adds stay in float: those are where INT8 transformers break;
+* LayerNorm outputs with an outlier channel are first smoothed into the following MatMuls'
+  weights (:mod:`edgeseg.smoothing`; ``smooth_alpha``), the float function unchanged;
+* calibration runs in rounds of a few batches of equal size (bounded memory for every method);
 * the token-embedding table is stored INT8 with one scale per row (symmetric): the graph gathers
   INT8 rows and scales them, ``Gather(table_i8) -> Cast -> Mul(Gather(scales))``;
 * fidelity gate: INT8 vs the FP32 bundle on held-out prompts, per-prompt mean token cosine over
@@ -29,11 +32,13 @@ are counted and reported apart (``fidelity.resegmented``), not gated.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeseg import smoothing
 from edgeseg.bundle import (
     bundle_tokenizer,
     bundle_writer,
@@ -65,6 +71,7 @@ METHODS = ("minmax", "percentile", "entropy")
 MODES = ("static", "dynamic")
 MIN_CALIBRATION_PROMPTS = 32
 MODEL_FILE = "model.onnx"
+SMOOTH_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
@@ -139,20 +146,43 @@ def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> i
 
 # -- calibration --------------------------------------------------------------------------------
 class _IdsReader:
-    """ONNX Runtime CalibrationDataReader over batches of token ids."""
+    """ONNX Runtime CalibrationDataReader over equal-sized batches of token ids.
+
+    ONNX Runtime's histogram calibrators (percentile, entropy) stack every batch's activations
+    into one array, so every batch must have the same shape: a short last batch is topped up with
+    prompts from the start of the set (a few prompts counted twice; min/max ranges are unchanged).
+    """
 
     def __init__(self, ids: np.ndarray, batch: int):
-        self._batches = [ids[i:i + batch] for i in range(0, len(ids), batch)]
-        self._next = 0
+        batch = max(1, min(batch, len(ids)))
+        count = -(-len(ids) // batch)
+        order = np.arange(count * batch) % len(ids)
+        self._batches = [ids[order[i:i + batch]] for i in range(0, len(order), batch)]
+        self._next, self._end = 0, len(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def stride(self, most: int = 8) -> int:
+        """Batches per collection round: the largest divisor of the batch count up to ``most``.
+
+        ONNX Runtime collects calibration data in rounds of this many batches (its strided
+        collection) and reduces each round before the next, so memory stays bounded by one round
+        instead of every activation of every prompt (percentile over 2,000 prompts otherwise held
+        ~21 GB for S0)."""
+        return max(d for d in range(1, min(most, len(self._batches)) + 1) if len(self._batches) % d == 0)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, min(end_index, len(self._batches))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self._batches):
+        if self._next >= self._end:
             return None
         self._next += 1
         return {"input_ids": self._batches[self._next - 1]}
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next, self._end = 0, len(self._batches)
 
 
 class _DropPreprocessHint(logging.Filter):
@@ -188,18 +218,23 @@ def _quantize_with_ort(fp32: Path, out: Path, mode: str, method: str, targets: l
         reader = _IdsReader(calib_ids, 32) if calib_ids is not None else None
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
                  "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+        if reader is not None:
+            extra["CalibStridedMinMax"] = reader.stride()  # despite the name: rounds for every method
         if method == "percentile":
             extra["CalibPercentile"] = 99.999
-        quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        nodes_to_quantize=targets or ["<none>"], calibrate_method=calibrate,
-                        extra_options=extra, calibration_cache_path=str(cache))
+        with contextlib.redirect_stdout(io.StringIO()):  # its histogram collector prints on every round
+            quantize_static(str(fp32), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=targets or ["<none>"], calibrate_method=calibrate,
+                            extra_options=extra, calibration_cache_path=str(cache))
     else:
         quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8,
                          nodes_to_quantize=targets or ["<none>"], extra_options={"MatMulConstBOnly": True})
 
 
-def _run(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = ()) -> list[np.ndarray]:
+def _batches(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = (),
+             batch: int = 64) -> Iterator[list[np.ndarray]]:
+    """Run the ONNX model at ``path`` on ``ids`` in batches; yields ``[memory, mask, *extra_outputs]`` per batch."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -218,14 +253,52 @@ def _run(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequen
     try:
         session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         names = ["memory", "mask", *extra_outputs]
-        results: list[list[np.ndarray]] = [[] for _ in names]
-        for start in range(0, len(ids), 64):
-            for slot, value in zip(results, session.run(names, {"input_ids": ids[start:start + 64]})):
-                slot.append(value)
-        return [np.concatenate(r) for r in results]
+        for start in range(0, len(ids), batch):
+            yield session.run(names, {"input_ids": ids[start:start + batch]})
     finally:
         if extra_outputs:
             os.unlink(model_path)
+
+
+def _run(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = ()) -> list[np.ndarray]:
+    results: list[list[np.ndarray]] = [[] for _ in range(2 + len(extra_outputs))]
+    for values in _batches(path, ids, threads, extra_outputs):
+        for slot, value in zip(results, values):
+            slot.append(value)
+    return [np.concatenate(r) for r in results]
+
+
+def channel_absmax(path: Path, ids: np.ndarray, tensors: Sequence[str], threads: int | None = None,
+                   batch: int = 32) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) max |value| of the named float tensors over ``ids``, reduced batch by batch."""
+    result: dict[str, np.ndarray] = {}
+    for values in _batches(path, ids, threads, tensors, batch):
+        for name, value in zip(tensors, values[2:]):
+            peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            result[name] = peak if name not in result else np.maximum(result[name], peak)
+    return result
+
+
+def smooth_for_int8(fp32: Path, out: Path, calib_ids: np.ndarray, alpha: float,
+                    threads: int | None = None) -> dict[str, Any]:
+    """Write ``fp32`` with its imbalanced LayerNorm -> MatMul pairs smoothed (:mod:`edgeseg.smoothing`) to ``out``.
+
+    The factors come from the calibration prompts' per-channel activation peaks. Returns the
+    manifest record: alpha and the smoothed LayerNorms/MatMuls; ``out`` is written only when
+    something was smoothed (``norms > 0``).
+    """
+    model = onnx.load(str(fp32))
+    targets = smoothing.find_targets(model)
+    peaks = channel_absmax(fp32, calib_ids, [t.tensor for t in targets], threads) if targets else {}
+    records = smoothing.smooth(model, targets, peaks, alpha)
+    done = [r for r in records if r["smoothed"]]
+    if done:
+        onnx.save(model, str(out))
+    return {"method": "smoothquant (LayerNorm -> MatMul, folded into LayerNorm scale/bias and weight rows)",
+            "alpha": alpha, "min_spread": smoothing.MIN_SPREAD, "candidates": len(records),
+            "norms": len(done), "layers": sum(len(r["matmuls"]) for r in done),
+            "max_spread": max((r["spread"] for r in records), default=None),
+            "smoothed": [{k: r[k] for k in ("norm", "spread", "factor_min", "factor_max")} for r in done]}
 
 
 # -- sensitivity --------------------------------------------------------------------------------
@@ -350,12 +423,19 @@ def quantize_bundle(
     progress: Callable[[str], None] | None = None,
     prune_prompts: Sequence[str] | None = None,
     prune_name: str = "",
+    smooth_alpha: float | None = SMOOTH_ALPHA,
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX bundle ``src`` into an INT8 bundle at ``out``; returns its manifest.
+
+    Static mode first smooths every LayerNorm -> MatMul pair (:mod:`edgeseg.smoothing`) with
+    ``smooth_alpha`` (None or 0: off); dynamic mode needs no smoothing (its activation scales
+    follow each batch) and ignores it.
 
     With ``prune_prompts`` the bundle's vocabulary is pruned to what those prompts need (plus the
     bundle's reference prompts, so its self-check still runs); see the module docs.
     """
+    if smooth_alpha is not None and not 0.0 <= smooth_alpha < 1.0:
+        raise EdgesegError(f"smoothing alpha must be in [0, 1) (0 turns smoothing off), got {smooth_alpha}")
     if method not in METHODS:
         raise EdgesegError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if mode not in MODES:
@@ -401,6 +481,14 @@ def quantize_bundle(
             onnx.save(model, str(fp32_work))
             del model
         calib_ids = cand_tokenizer(list(calibration_prompts), length).ids if mode == "static" else None
+        smoothed = None
+        if mode == "static" and smooth_alpha:
+            smoothed = smooth_for_int8(fp32_work, work / "fp32_smoothed.onnx", calib_ids, smooth_alpha, threads)
+            if smoothed["norms"]:
+                fp32_work = work / "fp32_smoothed.onnx"
+            say(f"smoothing (alpha {smooth_alpha}): {smoothed['norms']} of {smoothed['candidates']} LayerNorm outputs "
+                f"have a channel peak >= {smoothing.MIN_SPREAD:g}x the median; {smoothed['layers']} MatMul(s) "
+                "smoothed")
         cand_ids = eval_ids if pruned is None else cand_tokenizer(list(eval_prompts), length).ids
         same = np.ones(len(eval_ids), bool) if pruned is None else (pruned.remap(eval_ids) == cand_ids).all(1)
 
@@ -461,6 +549,7 @@ def quantize_bundle(
                                                             "activation x activation MatMul"],
                 "embedding": "int8 per-row symmetric" if embedding_int8 else "float32",
                 "quantized_layers": len(candidates) - len(excluded), "layers": len(candidates),
+                "smoothing": smoothed,
             },
             "calibration": None if mode == "dynamic" else {
                 "name": calibration_name, "sha256": prompts_hash(calibration_prompts),

@@ -134,7 +134,8 @@ def test_sensitivity_fallback_returns_the_planted_layer_to_float(prompts, tmp_pa
     _, fp32 = _tiny_bundle(tmp_path_factory, ["repmixer", "transformer", "transformer"], "outlier", _plant_outlier)
     out = tmp_path_factory.mktemp("outlier_q") / "int8"
     gate = Gate(0.99, 0.9)
-    manifest = quantize_bundle(fp32, out, prompts[0], prompts[1], gate=gate)
+    manifest = quantize_bundle(fp32, out, prompts[0], prompts[1], gate=gate, smooth_alpha=0)
+    assert manifest["quantization"]["smoothing"] is None
     assert manifest["excluded_layers"], "the planted outlier should have failed the first attempt"
     assert "transformer.2/pre_norm_ffn/pre_norm_ffn.1/MatMul" in manifest["excluded_layers"][0]
     assert manifest["sensitivity"][0]["layer"] == manifest["excluded_layers"][0]
@@ -144,6 +145,53 @@ def test_sensitivity_fallback_returns_the_planted_layer_to_float(prompts, tmp_pa
     ref, mask = _run(fp32 / "model.onnx", ids)
     got, _ = _run(out / "model.onnx", ids)
     assert token_fidelity(got, ref, mask)["mean_cosine"] >= 0.99
+
+
+def test_smoothing_keeps_the_planted_outlier_layer_int8(prompts, tmp_path_factory):
+    """The planted outlier is a LayerNorm channel: smoothing folds it into the weights, so the
+    layer the fallback had to keep in float (test above) now passes the gate in INT8."""
+    _, fp32 = _tiny_bundle(tmp_path_factory, ["repmixer", "transformer", "transformer"], "outlier_sm", _plant_outlier)
+    out = tmp_path_factory.mktemp("outlier_sm_q") / "int8"
+    manifest = quantize_bundle(fp32, out, prompts[0], prompts[1], gate=Gate(0.99, 0.9))
+    smoothing = manifest["quantization"]["smoothing"]
+    assert smoothing["alpha"] == 0.5 and smoothing["candidates"] == 5  # 2 blocks x (attention, FFN) + final norm
+    assert [r["norm"] for r in smoothing["smoothed"]] == [
+        "/encoder/encoder/transformer.2/pre_norm_ffn/pre_norm_ffn.0/LayerNormalization"]
+    assert smoothing["smoothed"][0]["spread"] > 100
+    assert manifest["excluded_layers"] == []
+    assert manifest["quantization"]["quantized_layers"] == manifest["quantization"]["layers"] == 11
+    ids = get_tokenizer()(prompts[1], 16).ids
+    ref, mask = _run(fp32 / "model.onnx", ids)
+    got, _ = _run(out / "model.onnx", ids)
+    assert token_fidelity(got, ref, mask)["mean_cosine"] == pytest.approx(manifest["fidelity"]["mean_cosine"], abs=1e-6)
+    assert manifest["fidelity"]["mean_cosine"] >= 0.99
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_with_a_ragged_last_batch(fp32_bundle, prompts, method, tmp_path):
+    """ONNX Runtime's histogram calibrators stack every batch: 50 prompts (32 + 18) once crashed them."""
+    calibration = prompts[0][:50]
+    manifest = quantize_bundle(fp32_bundle[1], tmp_path / method, calibration, prompts[1][:32], method=method,
+                               gate=Gate(0.99, 0.9))
+    assert manifest["calibration"]["method"] == method and manifest["calibration"]["count"] == 50
+    assert manifest["fidelity"]["mean_cosine"] >= 0.99
+
+
+def test_calibration_reader_batches_are_equal_and_strided():
+    from edgeseg.quantize import _IdsReader
+
+    ids = np.arange(50)[:, None].repeat(4, 1)
+    reader = _IdsReader(ids, 32)
+    assert len(reader) == 2 and reader.stride() == 2
+    first, second = reader.get_next()["input_ids"], reader.get_next()["input_ids"]
+    assert reader.get_next() is None
+    assert first.shape == second.shape == (32, 4)
+    assert list(second[:, 0]) == list(range(32, 50)) + list(range(14))  # topped up from the start
+    reader.set_range(1, 2)
+    assert reader.get_next()["input_ids"][0, 0] == 32 and reader.get_next() is None
+    reader.rewind()
+    assert sum(1 for _ in iter(reader.get_next, None)) == 2
+    assert _IdsReader(np.zeros((63 * 32, 4)), 32).stride() == 7 and _IdsReader(np.zeros((61 * 32, 4)), 32).stride() == 1
 
 
 def test_dynamic_sensitivity_finds_the_planted_layer(prompts, tmp_path_factory):
