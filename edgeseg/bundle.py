@@ -233,10 +233,20 @@ def copy_into(directory: Path, src: str | os.PathLike, name: str | None = None) 
 
 def save_reference(path: Path, prompts: Sequence[str], input_ids: np.ndarray, memory: np.ndarray,
                    mask: np.ndarray) -> None:
-    """Reference prompts, ids and FP32 outputs so that any device can check itself."""
+    """Reference prompts, ids and FP32 outputs so that any device can check itself.
+
+    The memory rows of padding positions are stored as zeros: SAM3 never reads them and every
+    check compares valid tokens only, and zeros compress (S0: ~63% of the rows, 0.49 -> 0.18 MB).
+    """
+    memory = np.where(np.asarray(mask, bool)[..., None], np.float32(0), memory.astype(np.float32))
     with open(path, "wb") as fh:
         np.savez_compressed(fh, prompts=np.array(list(prompts), dtype=str), input_ids=input_ids,
                             memory=memory.astype(np.float32), mask=mask)
+
+
+def reference_entry(prompts: int) -> dict[str, Any]:
+    """The manifest's ``reference`` record for a file written by :func:`save_reference`."""
+    return {"file": REFERENCE, "prompts": prompts, "outputs": "torch fp32", "padding_rows": "zeros"}
 
 
 def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeseg.bundle import REFERENCE, bundle_writer, finalize, io_spec, save_reference, tool_versions
+from edgeseg.bundle import REFERENCE, bundle_writer, finalize, io_spec, reference_entry, save_reference, tool_versions
 from edgeseg.encoders import TextEncoder
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
 from edgeseg.errors import EdgesegError
@@ -136,7 +136,7 @@ def export_bundle(
             "calibration": None,
             "fidelity": None,
             "excluded_layers": [],
-            "reference": {"file": REFERENCE, "prompts": len(reference_prompts), "outputs": "torch fp32"},
+            "reference": reference_entry(len(reference_prompts)),
             "params": model.num_parameters(include_unused=False),
             "tools": tool_versions("torch", "onnx", "onnxruntime", "numpy"),
         })

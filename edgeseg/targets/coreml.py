@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bundle import REFERENCE, bundle_writer, finalize, save_reference, tool_versions
+from edgeseg.bundle import REFERENCE, bundle_writer, finalize, reference_entry, save_reference, tool_versions
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 from edgeseg.tokenizer import get_tokenizer
@@ -505,7 +505,7 @@ def coreml_bundle(
                             "how": "activation min/max from the MIL program evaluated in float32"}
             if w8a8 else None,
             "excluded_layers": float_activation_ops,
-            "reference": {"file": REFERENCE, "prompts": len(reference_prompts), "outputs": "torch fp32"},
+            "reference": reference_entry(len(reference_prompts)),
             "params": model.num_parameters(include_unused=False),
             **(extra or {}),
             "tools": tool_versions("torch", "coremltools", "numpy"),
