@@ -23,7 +23,7 @@ import gzip
 import hashlib
 import html
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -107,21 +107,21 @@ class Tokenizer:
         # A pruned vocabulary (edgeseg.vocab) keeps fewer merges; ids stay "bytes, bytes</w>, one
         # per merge, SOT, EOT", so SOT/EOT move down and the pad id stays 0.
         self.num_merges = NUM_MERGES if num_merges is None else int(num_merges)
-        merges = _read_merges(str(self.vocab_path), self.num_merges)
-        self.merges = merges
         self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        symbols = list(self.byte_encoder.values())
-        vocab = [sys.intern(s) for s in symbols + [s + "</w>" for s in symbols]]
-        vocab += [sys.intern("".join(m)) for m in merges]
-        vocab += list(SPECIAL_TOKENS)
-        self.encoder: dict[str, int] = {tok: i for i, tok in enumerate(vocab)}
-        self.ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
-        self.vocab_size = len(vocab)
-        self.sot_id = self.encoder[SPECIAL_TOKENS[0]]
-        self.eot_id = self.encoder[SPECIAL_TOKENS[1]]
+        # BPE runs on ids, not strings: a merge's product is the id 512 + its rank, and the merge
+        # table maps a pair of ids (packed into one int) to that rank. This keeps the tokenizer at
+        # ~6 MB of Python objects instead of ~20 MB of strings, tuples and two dicts (the runtime's
+        # peak RSS counts it). The strings (encoder, decoder, merges) are built only on demand.
+        self._char_ids = {c: i for i, c in enumerate(self.byte_encoder.values())}
+        self._end_ids = {c: i + 256 for i, c in enumerate(self.byte_encoder.values())}
+        self._pair_ranks = _pair_ranks(str(self.vocab_path), self.num_merges)
+        self.vocab_size = 512 + self.num_merges + len(SPECIAL_TOKENS)
+        self.sot_id = 512 + self.num_merges
+        self.eot_id = self.sot_id + 1
         # Word cache: byte-mapped piece -> ids. The special strings map to their own ids.
-        self._cache: dict[str, tuple[int, ...]] = {t: (self.encoder[t],) for t in SPECIAL_TOKENS}
+        self._cache: dict[str, tuple[int, ...]] = {SPECIAL_TOKENS[0]: (self.sot_id,),
+                                                    SPECIAL_TOKENS[1]: (self.eot_id,)}
         self._pattern = regex.compile(
             "|".join(SPECIAL_TOKENS)
             + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
@@ -129,9 +129,21 @@ class Tokenizer:
         )
 
     @functools.cached_property
+    def merges(self) -> tuple[tuple[str, str], ...]:
+        """The merge pairs in rank order, as strings (read on first use: tokenizing never needs them)."""
+        return _read_merges(str(self.vocab_path), self.num_merges)
+
+    @functools.cached_property
     def decoder(self) -> dict[int, str]:
         """id -> token string (built on first use: the runtime never needs it)."""
-        return {i: tok for tok, i in self.encoder.items()}
+        symbols = list(self.byte_encoder.values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in self.merges] + list(SPECIAL_TOKENS)
+        return dict(enumerate(vocab))
+
+    @functools.cached_property
+    def encoder(self) -> dict[str, int]:
+        """token string -> id (built on first use)."""
+        return {tok: i for i, tok in self.decoder.items()}
 
     # -- single prompts ---------------------------------------------------------------------------
     def bpe(self, piece: str) -> tuple[int, ...]:
@@ -139,27 +151,31 @@ class Tokenizer:
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        ids = tuple(self.encoder[s] for s in self.merge(piece))
+        ids = tuple(self.merge_ids(piece))
         self._cache[piece] = ids
         return ids
 
-    def merge(self, piece: str, applied: list[int] | None = None) -> list[str]:
-        """BPE symbols of one byte-mapped pre-token; the ranks of the merges used go to ``applied``."""
-        word = [*piece[:-1], piece[-1] + "</w>"]
-        ranks = self.ranks
+    def merge_ids(self, piece: str, applied: list[int] | None = None) -> list[int]:
+        """BPE ids of one byte-mapped pre-token; the ranks of the merges used go to ``applied``.
+
+        Greedy, as CLIP's reference: repeatedly merge every occurrence (left to right, no overlap)
+        of the adjacent pair with the lowest rank, until no adjacent pair has a rank.
+        """
+        word = [*(self._char_ids[c] for c in piece[:-1]), self._end_ids[piece[-1]]]
+        ranks = self._pair_ranks
         while len(word) > 1:
-            best_rank, best = None, None
-            for pair in zip(word, word[1:]):
-                r = ranks.get(pair)
+            best_rank = None
+            for first, second in zip(word, word[1:]):
+                r = ranks.get(first << 16 | second)
                 if r is not None and (best_rank is None or r < best_rank):
-                    best_rank, best = r, pair
-            if best is None:
+                    best_rank, pair = r, (first, second)
+            if best_rank is None:
                 break
             if applied is not None:
                 applied.append(best_rank)
-            first, second = best
-            merged = first + second
-            out: list[str] = []
+            first, second = pair
+            merged = 512 + best_rank
+            out: list[int] = []
             i, n = 0, len(word)
             while i < n:
                 if i < n - 1 and word[i] == first and word[i + 1] == second:
@@ -170,6 +186,11 @@ class Tokenizer:
                     i += 1
             word = out
         return word
+
+    def merge(self, piece: str, applied: list[int] | None = None) -> list[str]:
+        """BPE symbols (strings) of one byte-mapped pre-token; see :meth:`merge_ids`."""
+        decoder = self.decoder
+        return [decoder[i] for i in self.merge_ids(piece, applied)]
 
     def pieces(self, text: str) -> list[str]:
         """The byte-mapped pre-tokens of one prompt, after SAM3's cleaning."""
@@ -210,24 +231,50 @@ class Tokenizer:
         return TokenizedBatch(ids=ids, lengths=lengths, context_length=length)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_merges(path: str, num_merges: int = NUM_MERGES) -> tuple[tuple[str, str], ...]:
-    """The first ``num_merges`` merge lines after the header, read lazily (the file holds 262k)."""
-    merges: list[tuple[str, str]] = []
+def _merge_lines(path: str, num_merges: int) -> Iterator[tuple[str, str]]:
+    """The first ``num_merges`` merge pairs after the header, read lazily (the file holds 262k)."""
+    count = 0
     with gzip.open(path, "rt", encoding="utf-8", newline="\n") as fh:
         fh.readline()  # "#version: ..." header
         for line in fh:
-            if len(merges) == num_merges:
+            if count == num_merges:
                 break
             pair = line.rstrip("\n").split()
             if len(pair) != 2:
                 break
-            # interned: the halves are tokens of their own, so the vocabulary shares these strings
-            merges.append((sys.intern(pair[0]), sys.intern(pair[1])))
-    if len(merges) != num_merges:
+            count += 1
+            yield pair[0], pair[1]
+    if count != num_merges:
         raise ValueError(f"{path} is not a CLIP BPE vocabulary with {num_merges} merges "
-                         f"({len(merges)} merge lines read)")
-    return tuple(merges)
+                         f"({count} merge lines read)")
+
+
+@functools.lru_cache(maxsize=4)
+def _read_merges(path: str, num_merges: int = NUM_MERGES) -> tuple[tuple[str, str], ...]:
+    """The merge pairs as strings (vocabulary pruning and tools; tokenizing uses :func:`_pair_ranks`)."""
+    # interned: the halves are tokens of their own, so the vocabulary shares these strings
+    return tuple((sys.intern(a), sys.intern(b)) for a, b in _merge_lines(path, num_merges))
+
+
+def _pair_ranks(path: str, num_merges: int) -> dict[int, int]:
+    """``(first_id << 16 | second_id) -> rank`` for every merge; the product of merge r is id 512 + r.
+
+    Token strings are needed only while reading (to give each half its id) and are dropped before
+    the table is built, so they do not stay interleaved with it in memory.
+    """
+    symbols = list(byte_to_unicode().values())
+    ids = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    keys = np.empty(num_merges, dtype=np.int64)
+    for rank, (first, second) in enumerate(_merge_lines(path, num_merges)):
+        a, b = ids.get(first), ids.get(second)
+        merged = first + second
+        if a is None or b is None or merged in ids:
+            raise ValueError(f"{path} is not a CLIP BPE vocabulary: merge {rank} ({first!r} {second!r}) "
+                             + ("repeats a token" if merged in ids else "uses an unknown token"))
+        keys[rank] = a << 16 | b
+        ids[merged] = 512 + rank
+    del ids
+    return dict(zip(keys.tolist(), range(num_merges)))
 
 
 @functools.cache

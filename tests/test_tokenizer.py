@@ -84,6 +84,23 @@ def test_no_file_reads_per_call(tok, monkeypatch):
     assert get_tokenizer()(["a brand new word xyzzyq"], 16).ids.shape == (1, 16)
 
 
+def test_tokenizing_keeps_no_string_tables():
+    """The runtime's peak RSS counts the tokenizer: BPE runs on ids, token strings load on demand."""
+    fresh = Tokenizer(context_length=16)
+    fresh(["a dog on the left", "caf\u00e9 &amp; bar"])
+    assert not {"encoder", "decoder", "merges"} & set(vars(fresh))
+    assert fresh.merge("dogs") == ["dogs</w>"] and fresh.encoder["dogs</w>"] == fresh.bpe("dogs")[0]
+
+
+@pytest.mark.parametrize("lines,why", [(["i n", "i n"], "repeats a token"), (["i n", "q zz"], "unknown token")])
+def test_a_vocabulary_that_is_not_clip_bpe_is_refused(tmp_path, lines, why):
+    path = tmp_path / "bad.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=why):
+        Tokenizer(path, num_merges=2)
+
+
 def _fuzz_strings(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     ranges = [(0x20, 0x7E), (0xA0, 0x24F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF),
