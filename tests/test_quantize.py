@@ -232,6 +232,7 @@ def test_bad_inputs(fp32_bundle, static_bundle, prompts, tmp_path):
     (["quantize", "NOTABUNDLE", "--out", "OUT"], "does not exist"),
     (["quantize", "FP32", "--out", "OUT", "--calibration", "SHORT"], "at least 32 prompts"),
     (["quantize", "FP32", "--out", "OUT", "--method", "magic"], "magic"),
+    (["quantize", "FP32", "--out", "OUT", "--smooth-alpha", "1.5"], "--smooth-alpha"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(fp32_bundle, tmp_path, args, needle):
     short = tmp_path / "short.txt"
