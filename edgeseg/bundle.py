@@ -241,7 +241,7 @@ def save_reference(path: Path, prompts: Sequence[str], input_ids: np.ndarray, me
     memory = np.where(np.asarray(mask, bool)[..., None], np.float32(0), memory.astype(np.float32))
     with open(path, "wb") as fh:
         np.savez_compressed(fh, prompts=np.array(list(prompts), dtype=str), input_ids=input_ids,
-                            memory=memory.astype(np.float32), mask=mask)
+                            memory=memory, mask=mask)
 
 
 def reference_entry(prompts: int) -> dict[str, Any]:

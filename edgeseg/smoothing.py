@@ -46,23 +46,33 @@ class SmoothTarget:
     matmuls: tuple[str, ...]  #: MatMul node names
 
 
-def _constant(model: onnx.ModelProto, name: str) -> onnx.TensorProto | None:
-    """The initializer a tensor name resolves to through Identity nodes, or None."""
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for _ in range(16):
-        if name in inits:
-            return inits[name]
-        node = producer.get(name)
-        if node is None or node.op_type != "Identity":
-            return None
-        name = node.input[0]
-    return None
+class _Constants:
+    """Resolves tensor names to initializers through Identity nodes (indexes the graph once)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.inits = {i.name: i for i in model.graph.initializer}
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+
+    def __call__(self, name: str) -> onnx.TensorProto | None:
+        for _ in range(16):
+            if name in self.inits:
+                return self.inits[name]
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return None
+
+
+def _optional(node: onnx.NodeProto, slot: int) -> str | None:
+    """The name of an optional input, or None when it is absent or empty."""
+    return node.input[slot] if len(node.input) > slot and node.input[slot] else None
 
 
 def find_targets(model: onnx.ModelProto) -> list[SmoothTarget]:
     """Every LayerNorm whose (last-axis) output feeds only constant-weight MatMuls, as their first input."""
-    inits = {i.name: i for i in model.graph.initializer}
+    constant = _Constants(model)
+    inits = constant.inits
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -73,10 +83,10 @@ def find_targets(model: onnx.ModelProto) -> list[SmoothTarget]:
         if norm.op_type != "LayerNormalization" or len(norm.input) < 2:
             continue
         axis = next((a.i for a in norm.attribute if a.name == "axis"), -1)
-        scale = _constant(model, norm.input[1])
-        bias = _constant(model, norm.input[2]) if len(norm.input) > 2 and norm.input[2] else None
+        scale = constant(norm.input[1])
+        bias_name = _optional(norm, 2)
         if axis != -1 or scale is None or len(scale.dims) != 1 or scale.data_type != TensorProto.FLOAT or (
-                len(norm.input) > 2 and norm.input[2] and bias is None):
+                bias_name is not None and constant(bias_name) is None):
             continue
         tensor = norm.output[0]
         while tensor not in graph_outputs and len(consumers.get(tensor, [])) == 1 and \
@@ -128,7 +138,8 @@ def smooth(model: onnx.ModelProto, targets: Sequence[SmoothTarget], x_absmax: Ma
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"smoothing alpha must be in (0, 1), got {alpha}")
     nodes = {n.name: n for n in model.graph.node}
-    inits = {i.name: i for i in model.graph.initializer}
+    constant = _Constants(model)
+    inits = constant.inits
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -148,13 +159,12 @@ def smooth(model: onnx.ModelProto, targets: Sequence[SmoothTarget], x_absmax: Ma
         weights = [numpy_helper.to_array(inits[r.input[1]]).astype(np.float32) for r in readers]
         w_absmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         s = smoothing_factors(x_absmax[target.tensor], w_absmax, alpha)
-        gamma = numpy_helper.to_array(_constant(model, norm.input[1])).astype(np.float32)
-        new_inputs = [(1, gamma)]
-        if len(norm.input) > 2 and norm.input[2]:
-            new_inputs.append((2, numpy_helper.to_array(_constant(model, norm.input[2])).astype(np.float32)))
-        for slot, value in new_inputs:
+        for slot, kind in ((1, "scale"), (2, "bias")):
+            if _optional(norm, slot) is None:
+                continue
+            value = numpy_helper.to_array(constant(norm.input[slot])).astype(np.float32)
             replaced.add(norm.input[slot])
-            name = f"{norm.name}/smoothed_{'scale' if slot == 1 else 'bias'}"
+            name = f"{norm.name}/smoothed_{kind}"
             model.graph.initializer.append(numpy_helper.from_array((value / s).astype(np.float32), name))
             norm.input[slot] = name
         for reader, weight in zip(readers, weights):

@@ -65,6 +65,17 @@ def byte_to_unicode() -> dict[int, str]:
     return table
 
 
+def base_tokens() -> list[str]:
+    """Ids 0-511: the 256 byte symbols, then the same with ``</w>`` (end of word)."""
+    symbols = list(byte_to_unicode().values())
+    return symbols + [s + "</w>" for s in symbols]
+
+
+def vocab_strings(merges: Iterable[tuple[str, str]]) -> list[str]:
+    """Every token string in id order for these merges: base tokens, one per merge, SOT, EOT."""
+    return [*base_tokens(), *("".join(m) for m in merges), *SPECIAL_TOKENS]
+
+
 def clean_text(text: str) -> str:
     """SAM3's default ("lower") cleaning of one prompt, exactly as Meta's tokenizer does it."""
     text = ftfy.fix_text(text)
@@ -136,9 +147,7 @@ class Tokenizer:
     @functools.cached_property
     def decoder(self) -> dict[int, str]:
         """id -> token string (built on first use: the runtime never needs it)."""
-        symbols = list(self.byte_encoder.values())
-        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in self.merges] + list(SPECIAL_TOKENS)
-        return dict(enumerate(vocab))
+        return dict(enumerate(vocab_strings(self.merges)))
 
     @functools.cached_property
     def encoder(self) -> dict[str, int]:
@@ -262,8 +271,7 @@ def _pair_ranks(path: str, num_merges: int) -> dict[int, int]:
     Token strings are needed only while reading (to give each half its id) and are dropped before
     the table is built, so they do not stay interleaved with it in memory.
     """
-    symbols = list(byte_to_unicode().values())
-    ids = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    ids = {s: i for i, s in enumerate(base_tokens())}
     keys = np.empty(num_merges, dtype=np.int64)
     for rank, (first, second) in enumerate(_merge_lines(path, num_merges)):
         a, b = ids.get(first), ids.get(second)

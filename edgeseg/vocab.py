@@ -41,6 +41,7 @@ from edgeseg.tokenizer import (
     VOCAB_MD5,
     VOCAB_SIZE,
     Tokenizer,
+    vocab_strings,
 )
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,7 @@ def prune_vocabulary(prompts: Sequence[str], tokenizer: Tokenizer | None = None)
         raise ValueError("prune from the full CLIP vocabulary (49,408 ids)")
     kept = sorted(applied_merges(prompts, tokenizer))
     merges = tuple(tokenizer.merges[r] for r in kept)
-    symbols = list(tokenizer.byte_encoder.values())
-    strings = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), *SPECIAL_TOKENS]
-    old_ids = np.array([tokenizer.encoder[s] for s in strings], dtype=np.int64)
+    old_ids = np.array([tokenizer.encoder[s] for s in vocab_strings(merges)], dtype=np.int64)
     log.info("vocabulary pruned to %d of %d ids (%d merges) from %d prompts", len(old_ids), VOCAB_SIZE,
              len(merges), len(prompts))
     return PrunedVocabulary(merges=merges, old_ids=old_ids)
