@@ -1,0 +1,84 @@
+"""``edgeseg bench``: candidates against the FP32 SAM3 baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeseg.cli.common import (
+    _check_device,
+    _note,
+    cli,
+)
+from edgeseg.errors import EdgesegError
+
+
+@cli.command(context_settings={"show_default": True})
+@click.argument("candidates", nargs=-1, required=True)
+@click.option("--baseline", default="sam3-fp32", help="Reference: the FP32 SAM3 text encoder in torch (always run).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None,
+              help="Segmentation prompts: TSV lines 'image<TAB>prompt' (a line without a tab applies to every "
+                   "image) or JSON {image: [prompts]}. Default: the shipped prompts of the default images.")
+@click.option("--batch", "batches", default="1,8", help="Comma-separated batch sizes for latency.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, help="torch and ONNX Runtime intra-op threads.")
+@click.option("--sam3-checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Meta's sam3.pt: real weights for the baseline and the SAM3 image model (default: random).")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="Folder of images for segmentation (needs --prompts). Default: scikit-image sample photos.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most this many images.")
+@click.option("--skip-segmentation", is_flag=True, help="Only latency, memory and embedding accuracy.")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, help="Interleaved latency rounds.")
+@click.option("--eval-prompts", type=click.IntRange(min=2), default=256,
+              help="Eval-split prompts for embedding accuracy and retrieval.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-RSS child processes.")
+@click.option("--device", default="cpu", help="torch device for torch encoders (cpu, cuda).")
+@click.option("--suite", default=None, help="Name of the benchmarks/ suite this run belongs to (recorded).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for results.json, report.md and the PNG plots.")
+def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None, batches: str, threads: int,
+          sam3_checkpoint: Path | None, images: Path | None, max_images: int | None, skip_segmentation: bool,
+          rounds: int, eval_prompts: int, no_memory: bool, device: str, suite: str | None, out: Path) -> None:
+    """Benchmark bundles and/or encoders against the FP32 SAM3 text encoder.
+
+    CANDIDATES are bundle folders (edgeseg export/quantize/build) or encoder names (torch, random
+    weights). Measures latency (interleaved rounds, p50/p95/p99, ratios to the baseline), memory
+    (weights, bundle bytes, peak RSS of fresh processes), embedding accuracy on the eval split, and
+    segmentation agreement through Meta's SAM3 image model with each candidate's text features
+    injected. Writes OUT/results.json, OUT/report.md and plots.
+    """
+    from edgeseg.bench import BenchOptions, prepare, run_bench
+
+    try:
+        sizes = [int(b) for b in batches.split(",") if b.strip()]
+    except ValueError as exc:
+        raise EdgesegError(f"--batch takes comma-separated integers, got {batches!r}") from exc
+    if device != "cpu":
+        _check_device(device)
+    opts = BenchOptions(candidates=list(candidates), out=out, baseline=baseline, batches=sizes, threads=threads,
+                        sam3_checkpoint=sam3_checkpoint, images=images, prompts=prompts_file,
+                        skip_segmentation=skip_segmentation, rounds=rounds, eval_prompts=eval_prompts,
+                        memory=not no_memory, max_images=max_images, device=device, suite=suite,
+                        command=_bench_command(click.get_current_context()))
+    prepared = prepare(opts)
+    if sam3_checkpoint is None:
+        _note("no --sam3-checkpoint: the baseline and SAM3's image model have RANDOM weights; accuracy figures "
+              "are not meaningful")
+    results = run_bench(opts, prepared)
+    _note(f"wrote {out}/results.json, report.md and plots in {results['runtime_s'] / 60:.1f} min")
+
+
+def _bench_command(ctx: click.Context) -> str:
+    """The command line that reproduces this run (options that differ from their defaults)."""
+    import shlex
+
+    words = ["edgeseg", "bench", *ctx.params["candidates"]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "candidates" or value == param.default or value is None or value is False:
+            continue
+        flag = max(param.opts, key=len)
+        words += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return shlex.join(words)
+
+

@@ -1,0 +1,132 @@
+"""Shared pieces of the ``edgeseg`` command line: the click group, option help texts, and helpers.
+
+Commands live in one module per group of the pipeline (``encoders``, ``build``, ``analyze``,
+``distill``, ``bench``, ...); each registers itself on :data:`cli`. The CLI holds argument parsing,
+progress and error mapping only: every user-facing failure is an
+:class:`edgeseg.errors.EdgesegError`, turned into one stderr line and exit code 2 by :func:`main`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError
+
+log = logging.getLogger("edgeseg")
+
+ENCODER_HELP = "Encoder name: sam3 (the SAM3 teacher), mobileclip-s0, mobileclip-s1, mobileclip2-l."
+CONTEXT_HELP = "Context length in tokens (default: the encoder's, 32 for sam3, 16 for students)."
+CHECKPOINT_HELP = (
+    "Weights: Meta's sam3.pt, an efficientsam3 SAM3-LiteText .pt, a bare text-encoder state dict, or "
+    "an edgeseg .safetensors. Without it the weights are random (seeded)."
+)
+POSITION_HELP = (
+    "How a student checkpoint's 77-row position table is reduced to the context length: 'interpolate' "
+    "(bilinear, how the LiteText checkpoints were trained) or 'slice' (first rows, what efficientsam3's "
+    "released inference code does). Default: the mode the checkpoint records (edgeseg distill splice "
+    "writes 'slice'), else 'interpolate'."
+)
+PROMPTS_HELP = "UTF-8 text file, one prompt per line (blank lines are skipped)."
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="edgeseg: %(levelname)s: %(message)s", stream=sys.stderr)
+
+
+def _note(message: str) -> None:
+    click.echo(f"edgeseg: {message}", err=True)
+
+
+def _load(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None,
+          device: str, seed: int):
+    from edgeseg.checkpoints import load_encoder
+
+    model = load_encoder(encoder, checkpoint, context_length, position_table, device=device, seed=seed)
+    if checkpoint is None:
+        _note(f"no --checkpoint given: {encoder} has RANDOM weights (seed {seed}); outputs are not meaningful")
+    return model
+
+
+def _write_npz(out: Path, **arrays) -> None:
+    import numpy as np
+
+    from edgeseg.fileio import atomic_path
+
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgeseg")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """edgeseg: SAM3's text encoder for edge devices.
+
+    Tokenize prompts exactly as SAM3 does, run the SAM3 teacher or a SAM3-LiteText MobileCLIP
+    student, distill the teacher into a student, export to ONNX, quantize to INT8, build bundles
+    for ONNX Runtime, TensorRT (GPU, Jetson) and Core ML, and benchmark them against the FP32 SAM3
+    text encoder. Encoders map token ids [B, L] to memory [B, L, 256] float32 and a padding mask
+    [B, L] (True = padding).
+
+    \b
+    edgeseg export --encoder mobileclip-s0 --out s0-fp32
+    edgeseg quantize s0-fp32 --out s0-int8
+    edgeseg encode --bundle s0-int8 --prompts prompts.txt --out memory.npz
+    edgeseg build --target jetson --encoder mobileclip-s0 --precision int8 --out s0-jetson
+    """
+    _setup_logging(verbose)
+
+
+def _reference_prompts(path: Path | None, count: int = 32) -> list[str]:
+    from edgeseg.fileio import read_prompts
+
+    if path is not None:
+        return read_prompts(path)
+    from edgeseg.corpus import load_split
+
+    prompts = load_split("eval")
+    step = max(1, len(prompts) // count)
+    return prompts[::step][:count]
+
+
+def _source(checkpoint: Path | None, seed: int) -> dict:
+    from edgeseg.fileio import sha256_file
+
+    if checkpoint is None:
+        return {"checkpoint": None, "checkpoint_sha256": "random", "seed": seed}
+    return {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint), "seed": None}
+
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise EdgesegError(f"unknown --device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EdgesegError(f"--device {device}: CUDA is not available on this machine")
+
+
+
+def _json_option(value: str | None, option: str):
+    if value is None:
+        return None
+    try:
+        text = Path(value).read_text(encoding="utf-8") if not value.lstrip().startswith("{") else value
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise EdgesegError(f"{option}: not a JSON object or a JSON file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise EdgesegError(f"{option}: expected a JSON object")
+    return data
+
+

@@ -1,0 +1,128 @@
+"""``edgeseg distill`` and ``edgeseg distill splice``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgeseg.cli.common import (
+    POSITION_HELP,
+    PROMPTS_HELP,
+    _json_option,
+    _note,
+    cli,
+)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--student", default=None, help="Student to train: mobileclip-s0, mobileclip-s1 or mobileclip2-l.")
+@click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Meta's sam3.pt (the teacher). Without it the teacher is random (seeded, --teacher-seed).")
+@click.option("--context-length", type=int, default=16, show_default=True,
+              help="Student context length; the teacher's targets are computed on the same ids.")
+@click.option("--prompts", "prompts_files", multiple=True, type=click.Path(path_type=Path),
+              help="Training prompts (repeat for several files; default: calibration/distill.txt). " + PROMPTS_HELP)
+@click.option("--eval-prompts", type=click.Path(path_type=Path), default=None,
+              help="Held-out prompts (default: calibration/eval.txt); a training corpus overlapping them is refused.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Train on at most N prompts of the corpus (lowest prompt-hash first).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Evaluate on at most N held-out prompts (lowest prompt-hash first).")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Global batch (prompts per step, summed over torchrun processes).")
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--min-lr-ratio", type=float, default=0.0, show_default=True, help="Final lr as a fraction of --lr.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Linear warmup steps before the cosine decay.")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True,
+              help="AdamW weight decay (not on biases, norms, layer scales, the position table).")
+@click.option("--beta1", type=float, default=0.9, show_default=True, help="AdamW beta1.")
+@click.option("--beta2", type=float, default=0.98, show_default=True, help="AdamW beta2.")
+@click.option("--eps", type=float, default=1e-6, show_default=True, help="AdamW epsilon.")
+@click.option("--mse-weight", type=float, default=1.0, show_default=True, help="Weight of the token MSE.")
+@click.option("--cos-weight", type=float, default=2.0, show_default=True, help="Weight of (1 - token cosine).")
+@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient clipping (global norm).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the student init and the data order.")
+@click.option("--teacher-seed", type=int, default=0, show_default=True, help="Seed of a random teacher.")
+@click.option("--init", type=click.Path(path_type=Path), default=None,
+              help="Start the student from this checkpoint (LiteText .pt, state dict or edgeseg .safetensors).")
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
+              show_default=True, help="How --init's 77-row table is reduced. " + POSITION_HELP)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Write RUNDIR/checkpoint.pt every N steps (atomic; the run resumes from it).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Evaluate every N steps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Append training loss to metrics.jsonl every N steps.")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="Teacher-target cache folder, reusable across runs (default: RUNDIR/cache).")
+@click.option("--cache-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Teacher batch when building the cache.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Prompts per cache shard.")
+@click.option("--device", default="cpu", show_default=True,
+              help="torch device (cpu, cuda); under torchrun one GPU per rank.")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on for CUDA, never on CPU).")
+@click.option("--sources", type=click.Path(path_type=Path), default=None,
+              help="Folder of the source prompt lists (shared/prompts) for per-source eval metrics.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder: config.json, metrics.jsonl, curves.png, checkpoint.pt, student.safetensors.")
+@click.option("--student-config", default=None, hidden=True, help="Test hook: JSON config of a custom student.")
+@click.option("--teacher-config", default=None, hidden=True, help="Test hook: JSON config of a custom teacher.")
+@click.option("--throttle", type=float, default=0.0, hidden=True, help="Test hook: sleep seconds per step.")
+@click.pass_context
+def distill(ctx: click.Context, **opts) -> None:
+    """Distill the SAM3 teacher into a MobileCLIP student (SAM3-LiteText).
+
+    Phase 1 caches the teacher's memory for every prompt (fp16 shards, reused by later runs and
+    resumable); phase 2 trains the student on it (token MSE + cosine, AdamW, warmup + cosine decay),
+    evaluates on the held-out eval split, checkpoints atomically and resumes when the same command is
+    run again. Under `torchrun --nproc_per_node N` it runs DDP (gloo on CPU, nccl on CUDA).
+
+    \b
+    edgeseg distill --student mobileclip-s0 --teacher-checkpoint sam3.pt --out runs/s0
+    edgeseg distill splice --sam3 sam3.pt --student runs/s0/student.safetensors --out sam3_litetext.pt
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgeseg.distill import DistillConfig
+    from edgeseg.distill import distill as run_distill
+
+    if opts["student"] is None or opts["out"] is None:
+        raise click.UsageError("edgeseg distill needs --student NAME and --out RUNDIR")
+    student_config = _json_option(opts.pop("student_config"), "--student-config")
+    teacher_config = _json_option(opts.pop("teacher_config"), "--teacher-config")
+    prompts = [str(p) for p in opts.pop("prompts_files")]
+    paths = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
+    cfg = DistillConfig(prompts=prompts, student_config=student_config, teacher_config=teacher_config, **paths)
+    summary = run_distill(cfg, note=_note)
+    final = summary.get("final_eval") or {}
+    first = summary.get("initial_eval") or {}
+    if final:
+        tag = " (random/synthetic teacher weights)" if summary.get("random_teacher") else ""
+        _note(f"eval mean token cosine {first.get('mean_cosine', float('nan')):.4f} -> {final['mean_cosine']:.4f}, "
+              f"worst prompt {final['worst_cosine']:.4f}{tag}; wrote {cfg.out}/student.safetensors")
+
+
+@distill.command("splice")
+@click.option("--sam3", "sam3_path", required=True, type=click.Path(path_type=Path), help="Meta's sam3.pt.")
+@click.option("--student", "student_path", required=True, type=click.Path(path_type=Path),
+              help="RUNDIR/student.safetensors of a distill run.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The SAM3-LiteText checkpoint to write.")
+def distill_splice(sam3_path: Path, student_path: Path, out: Path) -> None:
+    """Write a full SAM3 checkpoint with the student as its text encoder (LiteText layout).
+
+    The student's 16 position rows are rows 0..15 of the 77-row table: load the result with
+    `--position-table slice` (efficientsam3's inference code slices too).
+    """
+    from edgeseg.distill import splice_student
+
+    info = splice_student(sam3_path, student_path, out)
+    click.echo(json.dumps(info, indent=2))
+    _note(f"wrote {out}: load it with --position-table slice")
+
+

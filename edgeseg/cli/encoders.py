@@ -1,0 +1,192 @@
+"""``edgeseg info``, ``tokenize``, ``encode`` and ``compare``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgeseg.cli.common import (
+    CHECKPOINT_HELP,
+    CONTEXT_HELP,
+    ENCODER_HELP,
+    POSITION_HELP,
+    PROMPTS_HELP,
+    _check_device,
+    _load,
+    _note,
+    _write_npz,
+    cli,
+)
+from edgeseg.errors import EdgesegError
+
+
+@cli.command()
+@click.option("--encoder", required=True, help=ENCODER_HELP)
+@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Also read this checkpoint, check it matches the encoder, and report it.")
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
+              help=POSITION_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def info(encoder: str, context_length: int | None, checkpoint: Path | None, position_table: str | None,
+         as_json: bool) -> None:
+    """Describe an encoder: parameters, FP32 size, context length, output width.
+
+    Counted on the 'meta' device (no memory is allocated) unless --checkpoint is given. 'params'
+    counts every parameter a checkpoint holds, including dead weights kept for exact loading
+    (sam3's text_projection, the students' projection_layer); 'params_used' leaves them out.
+    Students hold a position table of context-length rows; 'params_with_checkpoint_table' counts
+    the 77-row table of the released files (the paper's figures).
+    """
+    from edgeseg.checkpoints import load_encoder, read_checkpoint
+    from edgeseg.encoders import build_encoder
+
+    if checkpoint is None:
+        data = build_encoder(encoder, context_length, device="meta").describe()
+        data["weights"] = "random"
+    else:
+        data = load_encoder(encoder, checkpoint, context_length, position_table).describe()
+        data["weights"] = str(checkpoint)
+        data["checkpoint_layout"] = read_checkpoint(checkpoint).layout
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+            value = f"{value:,}"
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@cli.command()
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
+@click.option("--context-length", type=int, default=16, show_default=True,
+              help="Tokens per prompt including SOT and EOT (32 for the sam3 teacher).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output .npz with 'input_ids' int64 [B, L].")
+def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
+    """Tokenize prompts exactly as SAM3 does (CLIP BPE; SOT 49406, EOT 49407, pad 0).
+
+    Prompts longer than the context are truncated with EOT kept last; the count is reported.
+    """
+    from edgeseg.fileio import check_output_folder, read_prompts
+    from edgeseg.tokenizer import get_tokenizer
+
+    if context_length < 2:
+        raise EdgesegError(f"--context-length must be at least 2 (SOT and EOT), got {context_length}")
+    prompts = read_prompts(prompts_file)
+    check_output_folder(out)
+    batch = get_tokenizer()(prompts, context_length)
+    _write_npz(out, input_ids=batch.ids)
+    _note(f"tokenized {len(prompts)} prompt(s) to [{len(prompts)}, {context_length}] "
+          f"({batch.truncated} truncated) -> {out}")
+
+
+@cli.command()
+@click.option("--encoder", default=None, help=ENCODER_HELP + " Either --encoder or --bundle.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Run a bundle (from export/quantize/build) instead of a torch encoder; never imports torch.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
+@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
+              help=POSITION_HELP)
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output .npz: input_ids int64 [B, L], mask bool [B, L] (True = padding), "
+                   "memory float32 [B, L, 256].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Prompts per model call (default: 8 for bundles, which keeps ONNX Runtime's working memory "
+                   "small; 64 for torch encoders).")
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (bundles).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
+           position_table: str | None, prompts_file: Path, out: Path, batch_size: int | None, device: str,
+           threads: int | None, seed: int) -> None:
+    """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
+    from tqdm import tqdm
+
+    from edgeseg.fileio import check_output_folder, read_prompts
+
+    if (encoder is None) == (bundle is None):
+        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
+    if bundle is not None and (checkpoint is not None or context_length is not None):
+        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    prompts = read_prompts(prompts_file)
+    check_output_folder(out)
+    if bundle is not None:
+        from edgeseg.runtime import load
+        from edgeseg.runtime.base import DEFAULT_BATCH
+
+        with load(bundle, threads=threads) as runner, \
+                tqdm(total=len(prompts), unit="prompt", desc=bundle.name, disable=None, file=sys.stderr) as bar:
+            result = runner.encode(prompts, batch_size=batch_size or DEFAULT_BATCH, progress=bar.update)
+        name, length = f"bundle {bundle}", runner.context_length
+    else:
+        from edgeseg.encode import encode_prompts
+
+        _check_device(device)
+        model = _load(encoder, checkpoint, context_length, position_table, device, seed)
+        with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
+            result = encode_prompts(model, prompts, batch_size=batch_size or 64, progress=bar.update)
+        name, length = encoder, model.context_length
+    _write_npz(out, input_ids=result.input_ids, mask=result.mask, memory=result.memory)
+    _note(f"encoded {len(prompts)} prompt(s) with {name} at context {length} "
+          f"({result.truncated} truncated) -> {out}")
+
+
+
+@cli.command()
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
+@click.option("--encoders", default="sam3,mobileclip-s0,mobileclip-s1,mobileclip2-l", show_default=True,
+              help="Comma-separated encoder names; the first is the reference for the cosine column.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed forward passes per encoder (after one warm-up).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+def compare(prompts_file: Path, encoders: str, repeats: int, batch_size: int, threads: int | None,
+            as_json: bool) -> None:
+    """Tokenize and encode prompts with several encoders and print a comparison table.
+
+    Columns: parameters, FP32 state-dict size, context length, mean latency of one batch on
+    this machine, and the cosine between each encoder's masked-mean-pooled memory and the first
+    encoder's, per prompt (mean and worst). All encoders have RANDOM seeded weights here, so the
+    cosine column only shows the pipeline runs; with random weights it is near 0 by construction.
+    """
+    import torch
+
+    from edgeseg.encode import compare_encoders
+    from edgeseg.encoders import build_encoder, get_config
+    from edgeseg.fileio import read_prompts
+
+    names = [n.strip() for n in encoders.split(",") if n.strip()]
+    if not names:
+        raise EdgesegError("--encoders names no encoder")
+    for name in names:
+        get_config(name)
+    prompts = read_prompts(prompts_file)
+    if threads:
+        torch.set_num_threads(threads)
+    _note(f"comparing {', '.join(names)} on {len(prompts)} prompt(s); RANDOM weights (seed 0)")
+    models = [build_encoder(name) for name in names]
+    rows = compare_encoders(models, prompts, repeats=repeats, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps({"weights": "random", "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        return
+    ref = names[0]
+    header = ["encoder", "params", "fp32 MB", "ctx", "batch", "latency ms", f"cos vs {ref} mean/min"]
+    table = [[r["encoder"], f"{r['params']:,}", f"{r['bytes_fp32'] / 1e6:.1f}", str(r["context_length"]),
+              str(r["batch"]), f"{r['latency_ms']:.1f}", f"{r['cosine_mean']:+.3f}/{r['cosine_min']:+.3f}"]
+             for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    click.echo(f"(random/synthetic weights, {torch.get_num_threads()} CPU threads; cosines are not meaningful)")
+
+
