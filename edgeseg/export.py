@@ -98,15 +98,17 @@ def own_length(input_ids: np.ndarray) -> int:
     return int(columns.max()) + 1 if len(columns) else 1
 
 
-def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, tolerance: float) -> dict[str, Any]:
+def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask: np.ndarray,
+                          tolerance: float) -> dict[str, Any]:
     """Run each reference prompt at its own length; compare its valid positions with the full-length run."""
     worst = 0.0
     for row in range(len(ids)):
         length = own_length(ids[row:row + 1])
-        short, mask = run_onnx(path, ids[row:row + 1, :length])
-        if short.shape[1] != length or mask.any():
-            raise EdgesegError("export verification failed: the dynamic-length graph did not keep the length")
-        worst = max(worst, float(np.abs(short[0] - memory[row, :length]).max()))
+        short, short_mask = run_onnx(path, ids[row:row + 1, :length])
+        if short.shape[1] != length or not np.array_equal(short_mask[0], mask[row, :length]):
+            raise EdgesegError("export verification failed: the dynamic-length graph did not keep the length or mask")
+        valid = ~mask[row, :length]
+        worst = max(worst, float(np.abs(short[0][valid] - memory[row, :length][valid]).max(initial=0.0)))
     if worst > tolerance:
         raise EdgesegError(f"export verification failed: at their own length the reference prompts differ from the "
                            f"full-length run by {worst:.3g} > {tolerance} on valid positions")
@@ -159,7 +161,7 @@ def export_bundle(
         if max_diff > tolerance:
             raise EdgesegError(f"export verification failed: ONNX vs torch max abs diff {max_diff:.3g} > {tolerance}")
         fidelity = token_fidelity(memory, ref_memory, ref_mask)
-        length_check = _dynamic_length_check(tmp / MODEL_FILE, tokens.ids, memory, tolerance) \
+        length_check = _dynamic_length_check(tmp / MODEL_FILE, tokens.ids, memory, mask, tolerance) \
             if dynamic_length else None
         tokenizer = write_bundle_vocabulary(tmp)
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
