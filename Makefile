@@ -18,11 +18,11 @@ setup: $(STAMP)
 # The main job (random weights): tokenize and encode the shipped sample prompts with the SAM3
 # teacher and every student and print a comparison table; then export MobileCLIP-S0 and the
 # teacher to ONNX, quantize S0 to INT8 (static Q/DQ and dynamic, calibrated and fidelity-gated)
-# and print a size / latency / memory / fidelity table (benchmarks/int8_bench.py --quick).
+# and print a size / latency / memory / fidelity table (the int8-quick suite of edgeseg bench).
 demo: $(STAMP)
 	$(BIN)/edgeseg compare --prompts calibration/samples.txt
-	$(BIN)/python benchmarks/int8_bench.py --quick --skip-teacher-int8 --skip-all-int8 \
-		--work out/int8-work --out out/int8-report
+	$(BIN)/python benchmarks/run_suite.py int8-quick --allow-dirty --work out/int8-work --out out/int8-report
+	@sed -n '/^## Summary/,/^## Bars/p' out/int8-report/report.md
 	$(BIN)/edgeseg distill --student mobileclip-s0 --limit 128 --eval-limit 48 --steps 16 --batch-size 16 \
 		--warmup-steps 2 --eval-every 8 --checkpoint-every 8 --out out/distill-demo
 

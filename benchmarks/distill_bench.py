@@ -33,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgeseg.bench import gemm  # noqa: E402
 from edgeseg.corpus import load_split  # noqa: E402
 from edgeseg.distill.cache import build_cache, teacher_identity  # noqa: E402
 from edgeseg.distill.train import (  # noqa: E402
@@ -58,23 +59,8 @@ def _step(student, opt, sched, ids, target, cfg) -> float:
 
 
 def weight_macs_per_token(model: torch.nn.Module) -> int:
-    """Multiply-accumulates per token of the weight matrices the forward pass applies: Linear weights,
-    attention in-projections and 1x1 convolutions (unused parameters, embedding lookups, attention
-    products and depthwise convolutions not counted; the last two are < 1% here)."""
-    unused = set(getattr(model, "unused_parameters", ()))
-    modules = dict(model.named_modules())
-    total = 0
-    for name, param in model.named_parameters():
-        owner_name = name.rpartition(".")[0]
-        if name in unused or owner_name in unused:
-            continue
-        owner = modules[owner_name]
-        if param.dim() == 2 and (isinstance(owner, torch.nn.Linear) or name.endswith("in_proj_weight")):
-            total += param.numel()
-        elif isinstance(owner, torch.nn.Conv2d) and param.dim() == 4 and owner.groups == 1 \
-                and owner.kernel_size == (1, 1):
-            total += param.numel()
-    return total
+    """MACs per token of the weight matrices the forward applies (edgeseg.bench.gemm's one counting rule)."""
+    return gemm.count(gemm.torch_matrices(model))["macs_per_token"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -339,3 +339,40 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render(results, names), encoding="utf-8")
     log.info("wrote %s", out)
+
+
+# -- README tables of the other benchmark scripts (their results.json formats) ------------------------
+def _script_provenance(results: dict[str, Any]) -> str:
+    env = results.get("environment") or {}
+    git = env.get("git") or {}
+    return (f"_{results.get('machine') or env.get('device', '?')}; {results.get('weights', '')}; generated "
+            f"{results.get('created', '?')} by `{results.get('command', '?')}` (edgeseg {str(git.get('commit'))[:10]}, "
+            f"dirty: {str(results.get('dirty')).lower()})._")
+
+
+def cpp_table(results: dict[str, Any]) -> str:
+    """``benchmarks/cpp_bench.py``: C++ runtime vs Python, tokenizer and batch-1 encode."""
+    rows = [[r["measure"], f"{r['python']:,.1f}", f"{r['cpp']:,.1f}", f"{r['speedup']:.2f}x"] for r in results["rows"]]
+    return "\n".join([md_table([f"measure ({results['prompts']:,} prompts; {results['bundle_label']})", "Python", "C++",
+                                "C++ vs Python"], rows, "lrrr"), "", _script_provenance(results)])
+
+
+def tokenizer_parity_table(results: dict[str, Any]) -> str:
+    """``benchmarks/tokenizer_parity.py``: C++ tokenizer ids vs Python's, per prompt set."""
+    rows = [[s["label"], f"{s['same']:,} / {s['prompts']:,}", str(s["ftfy_changed"]), str(s["differ"]),
+             str(s["differ_outside_ftfy"]), str(s["equal_without_ftfy"])] for s in results["sets"]]
+    return "\n".join([md_table(["prompts", "identical ids", "ftfy changes", "differ", "differ where ftfy changes "
+                                "nothing", "of those differing: equal to Python without ftfy"], rows, "lrrrrr"), "",
+                      _script_provenance(results)])
+
+
+def coreml_table(results: dict[str, Any]) -> str:
+    """``benchmarks/coreml_fidelity.py``: Core ML packages' MIL programs (float32 emulation) vs torch FP32."""
+    rows = [[f"`{r['name']}`", r["what"], f"{r['mean_cosine']:.5f}", f"{r['worst_cosine']:.5f}", str(r["prompts"]),
+             str(r["float_ops"]), f"{r['package_mb']:.1f}"] for r in results["rows"]]
+    return "\n".join([md_table(["bundle", "what", "mean token cos vs torch FP32", "worst", "prompts",
+                                "linear/conv ops kept float", "package MB"], rows, "llrrrrr"), "",
+                      _script_provenance(results)])
+
+
+README_TABLES.update({"cpp": cpp_table, "tokenizer-parity": tokenizer_parity_table, "coreml": coreml_table})
