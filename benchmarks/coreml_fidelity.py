@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                      "package_mb": info["package_bytes"] / 1e6, "checked": info["checked"]})
     env = environment(0)
     results = {"rows": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": env,
-               "dirty": env["git"].get("dirty"), "machine": env["device"], "weights": "random/synthetic weights (seed 0)",
+               "dirty": env["git"].get("dirty"), "machine": env["device"],
+               "weights": "random/synthetic weights (seed 0)",
                "command": "python benchmarks/coreml_fidelity.py " + " ".join(argv or sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "results.json") as tmp:
