@@ -17,6 +17,8 @@ setup(
         "onnx",
         "onnxruntime",
         "polygraphy",
+        "onnxconverter-common>=1.16",  # FP16 conversion (edgeseg.targets.fp16)
+        "psutil",  # process memory and CPU load in benchmarks (Linux, macOS, Jetson)
         "click>=8.1",
         "ftfy",
         "regex",
