@@ -81,6 +81,7 @@ class BenchOptions:
     encoders: dict[str, Any] = field(default_factory=dict)
     image_model: Any = None
     resolution: int | None = None
+    gemm_measure: Callable[..., dict[str, Any]] | None = None  # replaces edgeseg.bench.gemm.gemm_rates (tests)
 
 
 @dataclass

@@ -77,7 +77,7 @@ def _counted(model: Model, run: Run) -> dict[str, Any] | None:
 
 def efficiency_phase(run: Run, rates: gemm.RateCache | None = None) -> dict[str, Any]:
     """Each candidate's p50 against this machine's GEMM floor for its MACs (:mod:`edgeseg.bench.gemm`)."""
-    rates = rates or gemm.RateCache(run.opts.threads)
+    rates = rates or gemm.RateCache(run.opts.threads, run.opts.gemm_measure or gemm.gemm_rates)
     lat = run.results["latency"]["batches"]
     rows: dict[str, dict[str, Any]] = {}
     for key, model in run.models.items():
