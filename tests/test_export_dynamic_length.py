@@ -78,3 +78,21 @@ def test_cli_refuses_dynamic_length_for_a_student_before_loading(tmp_path, capsy
 
     rc = main(["export", "--encoder", "mobileclip-s0", "--dynamic-length", "--out", str(tmp_path / "b")])
     assert rc == 2 and "causal" in capsys.readouterr().err
+
+
+def test_dynamic_int8_of_the_dynamic_length_teacher_keeps_the_axis(dynamic_bundle, tmp_path):
+    from conftest import calibration_prompts
+
+    from edgeseg.quantize import Gate, quantize_bundle
+
+    _, out, _ = dynamic_bundle
+    manifest = quantize_bundle(out, tmp_path / "int8", [], calibration_prompts()[::900][:16], mode="dynamic",
+                               gate=Gate(0.0, 0.0))
+    assert manifest["dynamic_length"]["max"] == 32
+    ids = get_tokenizer()(["a player in white"], 32).ids
+    with load(tmp_path / "int8") as runner, load(out) as fp32:
+        short, mask = runner.infer(ids[:, :6])
+        ref, _ = fp32.infer(ids[:, :6])
+    assert short.shape == (1, 6, 256) and not mask.any()
+    cos = (short * ref).sum(-1) / (np.linalg.norm(short, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos.min() > 0.9

@@ -3,7 +3,8 @@
 :class:`BundleRunner` wraps any bundle (``edgeseg.runtime.load``: ONNX Runtime, TensorRT, Core ML, whatever
 its manifest says) and :class:`TorchEncoderRunner` a torch encoder. Both take the feed polygraphy's
 data loader gives: ``prompts`` (a numpy array of strings, tokenized by each runner with its own vocabulary
-at its own context length) or ``input_ids`` (int64 ``[B, L]``, for models of one context length). Both
+at its own context length; the default) or, with ``feed="input_ids"``, int64 ids ``[B, L]`` (models of
+one context length, e.g. polygraphy's own data loader or saved inputs). Both
 return ``memory`` and ``mask``; with ``compare_length`` the outputs are cut to that many positions
 and padding positions of ``memory`` are set to zero, so that models of different context lengths (the
 teacher at 32, a student at 16) compare on the positions valid in each::
@@ -40,13 +41,16 @@ class _EdgesegRunner(BaseRunner):
 
     context_length: int = 0
 
-    def __init__(self, name: str | None, prefix: str, compare_length: int | None):
+    def __init__(self, name: str | None, prefix: str, compare_length: int | None, feed: str):
         super().__init__(name=name, prefix=prefix)
-        self.compare_length = compare_length
+        if feed not in ("prompts", "input_ids"):
+            raise ValueError(f"feed must be 'prompts' or 'input_ids', not {feed!r}")
+        self.compare_length, self.feed = compare_length, feed
 
     def get_input_metadata_impl(self) -> TensorMetadata:
-        return TensorMetadata().add("prompts", np.object_, (None,)).add("input_ids", np.int64,
-                                                                         (None, self.context_length))
+        if self.feed == "prompts":
+            return TensorMetadata().add("prompts", np.object_, (None,))
+        return TensorMetadata().add("input_ids", np.int64, (None, self.context_length))
 
     def _tokenize(self, prompts: Sequence[str]) -> np.ndarray:  # pragma: no cover - per adapter
         raise NotImplementedError
@@ -55,7 +59,7 @@ class _EdgesegRunner(BaseRunner):
         raise NotImplementedError
 
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict:
-        if "prompts" in feed_dict:
+        if self.feed == "prompts":
             ids = self._tokenize([str(p) for p in feed_dict["prompts"]])
         else:
             ids = np.asarray(feed_dict["input_ids"], dtype=np.int64)
@@ -72,8 +76,8 @@ class BundleRunner(_EdgesegRunner):
     """Any edgeseg bundle (its manifest picks the backend) as a polygraphy runner."""
 
     def __init__(self, bundle: str | Path, threads: int | None = None, compare_length: int | None = None,
-                 name: str | None = None):
-        super().__init__(name or Path(bundle).name, "edgeseg-bundle", compare_length)
+                 name: str | None = None, feed: str = "prompts"):
+        super().__init__(name or Path(bundle).name, "edgeseg-bundle", compare_length, feed)
         self.bundle, self.threads, self.runner = Path(bundle), threads, None
 
     def activate_impl(self) -> None:
@@ -96,8 +100,9 @@ class BundleRunner(_EdgesegRunner):
 class TorchEncoderRunner(_EdgesegRunner):
     """A torch encoder (``edgeseg.encoders``) as a polygraphy runner."""
 
-    def __init__(self, model: Any, device: str = "cpu", compare_length: int | None = None, name: str | None = None):
-        super().__init__(name or f"{model.name}-torch", "edgeseg-torch", compare_length)
+    def __init__(self, model: Any, device: str = "cpu", compare_length: int | None = None, name: str | None = None,
+                 feed: str = "prompts"):
+        super().__init__(name or f"{model.name}-torch", "edgeseg-torch", compare_length, feed)
         self.model, self.device = model, device
         self.context_length = int(model.context_length)
 
