@@ -218,7 +218,8 @@ def test_ort_runner_honours_recorded_session_options_and_max_batch(tmp_path_fact
     shutil.copytree(bundle, out)
     manifest = inherited(verify_bundle(out))
     manifest["onnxruntime"] = {"session_options": {**SESSION_OPTIONS, "intra_op_num_threads": 1,
-                                                   "graph_optimization_level": "ORT_ENABLE_BASIC", "enable_mem_pattern": True},
+                                                   "graph_optimization_level": "ORT_ENABLE_BASIC",
+                                                   "enable_mem_pattern": True},
                                "providers": ["CPUExecutionProvider"], "max_batch": 2}
     finalize(out, manifest)
     with edgeseg.runtime.load(out) as runner:

@@ -19,7 +19,8 @@ from edgeseg.export import export_bundle, own_length
 from edgeseg.runtime import load
 from edgeseg.tokenizer import get_tokenizer
 
-PROMPTS = ["a dog", "wow!$ sign", "the leftmost child wearing blue vest", "a player in white", "", "caf\u00e9 au lait " * 9]
+PROMPTS = ["a dog", "wow!$ sign", "the leftmost child wearing blue vest", "a player in white", "",
+           "caf\u00e9 au lait " * 9]
 SOURCE = {"checkpoint": None, "checkpoint_sha256": "random", "seed": 0}
 
 
