@@ -63,7 +63,7 @@ def weight_macs_per_token(model: torch.nn.Module) -> int:
     return gemm.count(gemm.torch_matrices(model))["macs_per_token"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="mobileclip-s0")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student-config", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--teacher-config", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    student_config = json.loads(args.student_config) if args.student_config else None
-    teacher_config = json.loads(args.teacher_config) if args.teacher_config else None
-    cfg = DistillConfig(student=args.student, out="-", batch_size=args.batch_size, steps=10**6, warmup_steps=0)
+    return args
 
+
+def measure(args: argparse.Namespace, student_config: dict | None, teacher_config: dict | None,
+            cfg: DistillConfig) -> tuple:
+    """Cache build, then cached vs teacher-in-the-loop steps in alternating rounds."""
     corpus = _subset(_prepare_corpus(load_split("distill"), 16), args.cache_prompts)
     teacher = build_model("sam3", teacher_config, 16, None, 0, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{args.rounds}: cached {statistics.median(times['cached']):.3f} s/step, "
                   f"teacher in loop {statistics.median(times['teacher']):.3f} s/step", file=sys.stderr)
 
+    return corpus, cache_s, cache_rate, times, teacher_forward, teacher, student
+
+
+def summarize(args: argparse.Namespace, argv: list[str] | None, measured: tuple, student_config: dict | None,
+              teacher_config: dict | None) -> tuple[dict, list[str]]:
+    corpus, cache_s, cache_rate, times, teacher_forward, teacher, student = measured
     cached_sps = 1.0 / statistics.median(times["cached"])
     teacher_sps = 1.0 / statistics.median(times["teacher"])
     forward_s = statistics.median(teacher_forward[1:] or teacher_forward)
@@ -174,6 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{student_macs / 1e6:.1f} M |",
         f"| speed-up if every MAC cost the same: 1 + teacher / (3 x student) | {mac_limit:.1f}x |",
     ]
+    return result, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    student_config = json.loads(args.student_config) if args.student_config else None
+    teacher_config = json.loads(args.teacher_config) if args.teacher_config else None
+    cfg = DistillConfig(student=args.student, out="-", batch_size=args.batch_size, steps=10**6, warmup_steps=0)
+    result, table = summarize(args, argv, measure(args, student_config, teacher_config, cfg), student_config,
+                              teacher_config)
     print("\n".join(table))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
