@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${EDGESEG_PYTHON:-.venv/bin/python}"
-if [ -n "$(git status --porcelain)" ]; then
+if [ -n "$(git status --porcelain -- . ':!benchmarks/reports')" ]; then
   echo "regenerate: the tree has uncommitted changes: commit (or stash) first, so that every report says dirty: false" >&2
   exit 2
 fi

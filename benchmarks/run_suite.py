@@ -74,8 +74,10 @@ def build_bundles(suite: dict, work: Path, reuse: bool, dry_run: bool) -> dict:
 
 
 def tree_is_clean() -> bool:
-    out = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
-    return out.returncode == 0 and not out.stdout.strip()
+    """The same test as results.json's ``dirty`` (benchmark outputs under benchmarks/reports/ do not count)."""
+    from edgeseg.bench.env import git_info
+
+    return git_info(ROOT)["dirty"] is False
 
 
 def main(argv: list[str] | None = None) -> int:

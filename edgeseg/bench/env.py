@@ -51,6 +51,10 @@ def version(name: str) -> str | None:
         return None
 
 
+#: what benchmarks write (outputs, not inputs): changes there do not make a tree dirty
+OUTPUT_PATHS = ("benchmarks/reports",)
+
+
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit of the edgeseg checkout and whether tracked files differ from it (None outside git)."""
     def git(*args: str) -> str | None:
@@ -61,10 +65,11 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
             return None
 
     tracked = git("status", "--porcelain", "--untracked-files=no")
-    everything = git("status", "--porcelain")
+    everything = git("status", "--porcelain", "--", ".", *[f":!{p}" for p in OUTPUT_PATHS])
     return {"commit": git("rev-parse", "HEAD"), "tracked_changes": bool(tracked) if tracked is not None else None,
             "dirty": bool(everything) if everything is not None else None,
-            "dirty_how": "git status --porcelain is not empty (tracked changes or untracked files not ignored)"}
+            "dirty_how": ("git status --porcelain is not empty (tracked changes or untracked files not ignored), "
+                          f"outside {', '.join(OUTPUT_PATHS)} (benchmark outputs)")}
 
 
 def gpu_info() -> dict[str, Any] | None:
