@@ -72,7 +72,16 @@ def tiny_run(tmp_path_factory):
                         eval_prompts=24, rss_prompts=8, max_images=1, command="test", teacher=teacher,
                         encoders={"tiny-student": student}, image_model=image_model, resolution=TINY_RESOLUTION,
                         teacher_int8=True, bars=BARS, gemm_measure=fake_rates)
-    results = run_bench(opts)
+    from edgeseg.bench import SECTIONS, register_section
+    from edgeseg.bench.report import RENDERERS, register_renderer
+
+    register_section("extra", lambda run: {"models": len(run.models)})  # the hook optional sections use
+    register_renderer("extra", lambda section: ["## Extra", "", f"{section['models']} models", ""])
+    try:
+        results = run_bench(opts)
+    finally:
+        SECTIONS.pop("extra")
+        RENDERERS.pop("extra")
     return results, opts, teacher, student, bundle
 
 
@@ -98,9 +107,11 @@ def test_outputs_and_schema(tiny_run):
     assert on_disk["baselines"] == KEYS[:4]
     assert on_disk["checkpoints"]["sam3-fp32"] == "random"
     assert set(on_disk["phase_wall_s"]) == {"load_s", "latency_s", "efficiency_s", "memory_s", "accuracy_s",
-                                            "fidelity_s", "segmentation_s"}
+                                            "fidelity_s", "segmentation_s", "extra_s"}
+    assert on_disk["extra"] == {"models": len(KEYS)}
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "RANDOM/SYNTHETIC WEIGHTS" in report and "## Segmentation" in report and "## Bars" in report
+    assert f"## Extra\n\n{len(KEYS)} models" in report
     for name in on_disk["plots"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]

@@ -41,6 +41,8 @@ from edgeseg.bench.models import (
     torch_model,
 )
 from edgeseg.bench.phases import Run
+from edgeseg.bench.progress import bar as _bar  # noqa: F401  (the names other modules used before)
+from edgeseg.bench.progress import spaced as _spaced  # noqa: F401
 from edgeseg.errors import EdgesegError
 
 log = logging.getLogger(__name__)
