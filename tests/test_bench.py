@@ -369,6 +369,21 @@ def test_unknown_baseline_and_bad_batches(tmp_path, args, needle):
     assert rc == 2 and needle in _one_error_line(err)
 
 
+def test_unreadable_bars_file(tmp_path):
+    (tmp_path / "bars.json").write_text("{not json", encoding="utf-8")
+    rc, err = run_cli(["bench", "mobileclip-s0", "--skip-segmentation", "--bars", str(tmp_path / "bars.json"),
+                       "--out", str(tmp_path / "out")])
+    assert rc == 2 and "--bars" in _one_error_line(err) and not (tmp_path / "out").exists()
+
+
+def test_a_candidate_named_like_a_baseline(tmp_path):
+    bundle = tmp_path / "sam3-fp32-dyn"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}", encoding="utf-8")
+    rc, err = run_cli(["bench", str(bundle), "--skip-segmentation", "--out", str(tmp_path / "out")])
+    assert rc == 2 and "differ from the baselines" in _one_error_line(err)
+
+
 def test_unknown_candidate(tmp_path):
     rc, err = run_cli(["bench", "mobileclip-s9", "--skip-segmentation", "--out", str(tmp_path / "out")])
     assert rc == 2 and "neither a bundle directory nor an encoder name" in _one_error_line(err)

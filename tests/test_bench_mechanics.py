@@ -124,7 +124,7 @@ def test_one_mac_counter_for_torch_and_onnx_fp32_and_int8(tmp_path_factory):
     root = tmp_path_factory.mktemp("macs")
     prompts = calibration_prompts()
     for mode in ("static", "dynamic"):
-        quantize_bundle(bundle, root / mode, prompts[::400][:32], prompts[7::900][:16], mode=mode, gate=Gate(0.0, 0.0))
+        quantize_bundle(bundle, root / mode, prompts[::400][:32], prompts[7::900][:8], mode=mode, gate=Gate(0.0, 0.0))
         assert gemm.count(gemm.onnx_matrices(root / mode / "model.onnx"))["macs_per_token"] == expected, mode
     distill = _load_script("distill_bench")
     assert distill.weight_macs_per_token(inference_copy(student)) == expected
