@@ -102,9 +102,10 @@ def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask:
                           tolerance: float) -> dict[str, Any]:
     """Run each reference prompt at its own length; compare its valid positions with the full-length run."""
     worst = 0.0
+    session = onnx_session(path)
     for row in range(len(ids)):
         length = own_length(ids[row:row + 1])
-        short, short_mask = run_onnx(path, ids[row:row + 1, :length])
+        short, short_mask = session.run(["memory", "mask"], {"input_ids": ids[row:row + 1, :length]})
         if short.shape[1] != length or not np.array_equal(short_mask[0], mask[row, :length]):
             raise EdgesegError("export verification failed: the dynamic-length graph did not keep the length or mask")
         valid = ~mask[row, :length]
@@ -116,15 +117,18 @@ def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask:
             "how": "each reference prompt run alone at its own length vs its valid positions at full length"}
 
 
-def run_onnx(path: str | os.PathLike, input_ids: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, ...]:
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    memory, mask = session.run(["memory", "mask"], {"input_ids": input_ids})
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: str | os.PathLike, input_ids: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, ...]:
+    memory, mask = onnx_session(path, threads).run(["memory", "mask"], {"input_ids": input_ids})
     return memory, mask
 
 
