@@ -98,7 +98,8 @@ def torch_model(key: str, model: Any, label: str, facts: dict[str, Any], device:
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
     facts = {"kind": "torch", "label": label, "context_length": int(model.context_length),
              "backend": "torch", "execution_provider": f"torch {torch.device(device).type}",
-             "sequence": "own length" if dynamic else f"fixed {model.context_length}", **facts}
+             "sequence": "own length" if dynamic else f"fixed {model.context_length}",
+             "shares_weights_with": shares_weights_with, **facts}
     on_cpu = torch.device(device).type == "cpu"  # the GEMM floor is measured for CPU kernels only
     return Model(key, facts, int(model.context_length), get_tokenizer(), infer, prepare, dynamic, sync,
                  torch_model=model, kernel=kernel if on_cpu else None, shares_weights_with=shares_weights_with)

@@ -51,6 +51,8 @@ def provenance(results: dict[str, Any]) -> str:
 
 # -- README tables ---------------------------------------------------------------------------------
 def _size(results: dict[str, Any], key: str) -> tuple[float | None, float | None]:
+    """Bundle bytes (or torch weights) and the ratio to the baseline; own-length variants: their model's."""
+    key = results["candidates"][key].get("shares_weights_with") or key
     st = results["memory"]["static"].get(key, {})
     size = st.get("bundle_bytes", st.get("weights_bytes"))
     return (size / MB if size else None), st.get("bundle_ratio_vs_baseline", st.get("weights_ratio_vs_baseline"))
