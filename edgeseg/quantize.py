@@ -11,8 +11,10 @@ Recipe (``mode="static"``, the TensorRT-ready default):
 * LayerNorm outputs with an outlier channel are first smoothed into the following MatMuls'
   weights (:mod:`edgeseg.smoothing`; ``smooth_alpha``), the float function unchanged;
 * calibration runs in rounds of a few batches of equal size (bounded memory for every method);
-* the token-embedding table is stored INT8 with one scale per row (symmetric): the graph gathers
-  INT8 rows and scales them, ``Gather(table_i8) -> Cast -> Mul(Gather(scales))``;
+* the token-embedding table is stored INT8 with one scale per row (symmetric), read in one of two
+  forms (``embedding_form``): ``Gather(table_i8) -> Cast -> Mul(Gather(scales))`` gathers INT8
+  rows (ONNX Runtime), ``DequantizeLinear(table_i8, scales, axis 0) -> Gather`` dequantizes the
+  table first (TensorRT 10 takes INT8 only through Q/DQ); same table, same values;
 * fidelity gate: INT8 vs the FP32 bundle on held-out prompts, per-prompt mean token cosine over
   valid tokens; mean >= 0.999 and worst prompt >= 0.99 by default. If the gate fails, a
   sensitivity pass ranks the quantized layers by the error each one adds on its own (its INT8
@@ -117,8 +119,27 @@ def prune_embedding_rows(model: onnx.ModelProto, old_ids: np.ndarray) -> int:
     return saved
 
 
-def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> int:
-    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved."""
+#: how an INT8 token-embedding table is read (:func:`quantize_embedding_rows`); the table and row
+#: scales are the same in both, so are the values the graph computes
+EMBEDDING_FORMS = {
+    "gather_cast_mul": "Gather(int8 table) -> Cast -> Mul(Gather(row scales)): gathers 1-byte rows "
+                       "(ONNX Runtime; TensorRT 10 refuses INT8 outside Q/DQ)",
+    "dequantize_gather": "DequantizeLinear(int8 table, per-row scale, axis 0) -> Gather: the Q/DQ form of TensorRT's "
+                         "support matrix",
+}
+DEFAULT_EMBEDDING_FORM = "gather_cast_mul"
+
+
+def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE, form: str = DEFAULT_EMBEDDING_FORM) -> int:
+    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved.
+
+    ``form`` (:data:`EMBEDDING_FORMS`) is how the graph reads it: ``gather_cast_mul`` gathers the
+    INT8 rows and scales them (what ONNX Runtime runs fastest); ``dequantize_gather`` dequantizes
+    the table (symmetric, zero point 0, one scale per row: ``axis=0``) and gathers float rows, the
+    only INT8 form TensorRT 10 accepts. Both compute ``float(q) * scale`` in float32.
+    """
+    if form not in EMBEDDING_FORMS:
+        raise EdgesegError(f"unknown embedding form {form!r}; choose one of {', '.join(EMBEDDING_FORMS)}")
     inits = {i.name: i for i in model.graph.initializer}
     saved = 0
     for node in embedding_gathers(model, rows):
@@ -126,25 +147,34 @@ def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> i
         scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
         scale[scale == 0] = 1.0
         q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
-        base = node.input[0]
+        base, out, ids = node.input[0], node.output[0], node.input[1]
+        scale = scale.astype(np.float32) if form == "gather_cast_mul" else scale.reshape(-1).astype(np.float32)
         model.graph.initializer.remove(inits[base])
-        model.graph.initializer.extend([
-            numpy_helper.from_array(q, base + "_int8"),
-            numpy_helper.from_array(scale.astype(np.float32), base + "_row_scale"),
-        ])
-        out, ids = node.output[0], node.input[1]
+        arrays = {base + "_int8": q, base + "_row_scale": scale}
+        if form == "dequantize_gather":  # explicit zero point 0, one per row, like every other Q/DQ of the graph
+            arrays[base + "_zero_point"] = np.zeros(len(q), np.int8)
+        model.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in arrays.items())
         position = list(model.graph.node).index(node)
         model.graph.node.remove(node)
-        new_nodes = [
-            helper.make_node("Gather", [base + "_int8", ids], [out + "_i8"], name=node.name + "_int8", axis=0),
-            helper.make_node("Cast", [out + "_i8"], [out + "_f"], name=node.name + "_cast", to=TensorProto.FLOAT),
-            helper.make_node("Gather", [base + "_row_scale", ids], [out + "_s"], name=node.name + "_scale", axis=0),
-            helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=node.name + "_dequant"),
-        ]
-        for offset, new in enumerate(new_nodes):
+        for offset, new in enumerate(_embedding_nodes(form, node.name, base, ids, out)):
             model.graph.node.insert(position + offset, new)
-        saved += table.nbytes - q.nbytes - scale.nbytes
+        saved += table.nbytes - sum(a.nbytes for a in arrays.values())
     return saved
+
+
+def _embedding_nodes(form: str, name: str, base: str, ids: str, out: str) -> list[onnx.NodeProto]:
+    if form == "dequantize_gather":
+        return [
+            helper.make_node("DequantizeLinear", [base + "_int8", base + "_row_scale", base + "_zero_point"],
+                             [base + "_dequantized"], name=name + "_dequantize", axis=0),
+            helper.make_node("Gather", [base + "_dequantized", ids], [out], name=name, axis=0),
+        ]
+    return [
+        helper.make_node("Gather", [base + "_int8", ids], [out + "_i8"], name=name + "_int8", axis=0),
+        helper.make_node("Cast", [out + "_i8"], [out + "_f"], name=name + "_cast", to=TensorProto.FLOAT),
+        helper.make_node("Gather", [base + "_row_scale", ids], [out + "_s"], name=name + "_scale", axis=0),
+        helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=name + "_dequant"),
+    ]
 
 
 # -- calibration --------------------------------------------------------------------------------
@@ -196,7 +226,8 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[str], cache: Path,
-              calib_ids: np.ndarray | None, embedding_int8: bool, vocab_rows: int = VOCAB_SIZE) -> None:
+              calib_ids: np.ndarray | None, embedding_int8: bool, vocab_rows: int = VOCAB_SIZE,
+              embedding_form: str = DEFAULT_EMBEDDING_FORM) -> None:
     model = onnx.load(str(fp32))
     targets = [n for n in weight_bearing_nodes(model) if n not in set(exclude)]
     hint = _DropPreprocessHint()
@@ -207,7 +238,7 @@ def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[s
         logging.getLogger().removeFilter(hint)
     q = onnx.load(str(out))
     if embedding_int8:
-        quantize_embedding_rows(q, vocab_rows)
+        quantize_embedding_rows(q, vocab_rows, embedding_form)
     onnx.save(q, str(out))
 
 
@@ -429,12 +460,16 @@ def quantize_bundle(
     prune_prompts: Sequence[str] | None = None,
     prune_name: str = "",
     smooth_alpha: float | None = SMOOTH_ALPHA,
+    embedding_form: str = DEFAULT_EMBEDDING_FORM,
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX bundle ``src`` into an INT8 bundle at ``out``; returns its manifest.
 
     Static mode first smooths every LayerNorm -> MatMul pair (:mod:`edgeseg.smoothing`) with
     ``smooth_alpha`` (None or 0: off); dynamic mode needs no smoothing (its activation scales
     follow each batch) and ignores it.
+
+    ``embedding_form`` is how the graph reads the INT8 embedding table (:data:`EMBEDDING_FORMS`:
+    ``gather_cast_mul`` for ONNX Runtime, ``dequantize_gather`` for TensorRT).
 
     With ``prune_prompts`` the bundle's vocabulary is pruned to what those prompts need (plus the
     bundle's reference prompts, so its self-check still runs); see the module docs.
@@ -445,6 +480,8 @@ def quantize_bundle(
         raise EdgesegError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if mode not in MODES:
         raise EdgesegError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if embedding_form not in EMBEDDING_FORMS:
+        raise EdgesegError(f"unknown embedding form {embedding_form!r}; choose one of {', '.join(EMBEDDING_FORMS)}")
     src = Path(src)
     manifest = verify_bundle(src)
     if manifest["precision"] != "fp32" or manifest["backend"] != "onnxruntime":
@@ -498,7 +535,8 @@ def quantize_bundle(
         same = np.ones(len(eval_ids), bool) if pruned is None else (pruned.remap(eval_ids) == cand_ids).all(1)
 
         def attempt(exclude: Sequence[str]) -> dict[str, Any]:
-            _quantize(fp32_work, model_path, mode, method, exclude, cache, calib_ids, embedding_int8, vocab_rows)
+            _quantize(fp32_work, model_path, mode, method, exclude, cache, calib_ids, embedding_int8, vocab_rows,
+                      embedding_form)
             memory, mask = _run(model_path, cand_ids, threads)
             if not np.array_equal(mask[same], ref_mask[same]):
                 raise EdgesegError("quantized model changed the padding mask")
@@ -553,6 +591,8 @@ def quantize_bundle(
                 "op_types": ["MatMul", "Gemm"], "float_ops": ["LayerNormalization", "Softmax", "Add", "Erf",
                                                             "activation x activation MatMul"],
                 "embedding": "int8 per-row symmetric" if embedding_int8 else "float32",
+                "embedding_form": embedding_form if embedding_int8 else None,
+                "embedding_graph": EMBEDDING_FORMS[embedding_form] if embedding_int8 else "Gather(float32 table)",
                 "quantized_layers": len(candidates) - len(excluded), "layers": len(candidates),
                 "smoothing": smoothed,
             },
