@@ -436,6 +436,21 @@ def test_a_graph_outside_the_matrix_stops_the_build_with_one_line(tiny_fp32, tmp
         pipeline.preflight("onnx", "int8", True, tensorrt_version="10.3")
 
 
+def test_cli_tensorrt_version_and_lint_failure_are_one_line_exit_2(tiny_fp32, tmp_path, capsys):
+    from edgeseg.cli import main
+
+    assert main(["build", "--target", "jetson", "--bundle", str(tiny_fp32), "--tensorrt-version", "8.6", "--out",
+                 str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err == "edgeseg: error: --tensorrt-version 8.6: the kit has support matrices for 10.3, 10.13, 10.14, " \
+                  "10.16\n"
+    assert main(["build", "--target", "jetson", "--bundle", str(tiny_fp32), "--tensorrt-version", "10.16",
+                 "--out", str(tmp_path / "b")]) == 0
+    lint = verify_bundle(tmp_path / "b")["tensorrt_lint"]
+    assert lint["tensorrt_version"] == "10.16" and lint["matrices"][0]["commit"].startswith("6bde6596")
+    assert not (tmp_path / "a").exists()
+
+
 def test_fp32_bundle_goes_straight_to_the_target(tiny_fp32, tmp_path):
     result = pipeline.build("jetson", tmp_path / "fp32", bundle=tiny_fp32, prompts=Prompts([]), max_batch=2,
                             facts={"on_jetson": False})
