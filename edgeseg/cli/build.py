@@ -197,7 +197,9 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
 
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
-    coreml needs coremltools (and --encoder). A summary of every stage is printed on stderr.
+    coreml needs coremltools (and --encoder). For gpu/jetson the final ONNX is linted against TensorRT's
+    ONNX support matrix (--tensorrt-version) before the target step. A summary of every stage is printed
+    on stderr.
     """
     from edgeseg.bundle import check_bundle_target, verify_bundle
     from edgeseg.corpus import load_split
