@@ -50,7 +50,7 @@ def model(clock: FakeClock, log: list[str], key: str, first_s: float, steady_s: 
 def test_blocks_rotate_exclude_warmup_and_time_the_first_call_apart():
     clock, log = FakeClock(), []
     cands = [Candidate(k, k, 16, {1: model(clock, log, k, first, steady)})
-             for k, first, steady in (("a", 0.050, 0.010), ("b", 0.200, 0.100), ("c", 0.030, 0.001))]
+             for k, first, steady in (("a", 0.050, 0.010), ("b", 0.300, 0.150), ("c", 0.030, 0.001))]
     out = latency.block_latency(cands, [1], rounds=3, warmup=2, block_s=0.1, min_calls=2, max_calls=50, pause_s=0.1,
                                 clock=Clock(clock.now, clock.sleep))
     # order rotated each round: every model leads once over three rounds
@@ -58,7 +58,7 @@ def test_blocks_rotate_exclude_warmup_and_time_the_first_call_apart():
     rows = out["batches"]["1"]
     # sizing pass: the first call of each block is a switch, the timed ones are steady
     assert [rows[k]["calls_per_block"] for k in "abc"] == [10, 2, 50]  # 0.1 s / 0.010, min 2, max 50
-    for key, first, steady in (("a", 50, 10), ("b", 200, 100), ("c", 30, 1)):
+    for key, first, steady in (("a", 50, 10), ("b", 300, 150), ("c", 30, 1)):
         row = rows[key]
         assert row["samples"] == 3 * row["calls_per_block"]  # warm-up calls are not samples
         assert row["p50_ms"] == pytest.approx(steady) and row["max_ms"] == pytest.approx(steady)
@@ -69,6 +69,8 @@ def test_blocks_rotate_exclude_warmup_and_time_the_first_call_apart():
     assert clock.sleeps.count(0.1) == 9
     per_block = 1 + 2 + rows["a"]["calls_per_block"]  # first + warm-up + timed calls
     assert log.count("a") == 1 + 2 + 1 + 3 * per_block  # sizing: first + warm-up + one timed
+    # a slow model's warm-up stops once it has taken block_s (at least one call): b's calls take 0.15 s
+    assert log.count("b") == 1 + 1 + 1 + 3 * (1 + 1 + rows["b"]["calls_per_block"])
 
 
 def test_ratios_against_both_baselines_from_hand_made_p50s():

@@ -94,8 +94,9 @@ class Clock:
 
 
 def run_block(call: Callable[[], Any], sync: Callable[[], None] | None, warmup: int, calls: int, pause_s: float,
-              clock: Clock) -> tuple[float, list[float]]:
-    """One block: pause, the first call (timed apart), ``warmup`` untimed calls, ``calls`` timed calls."""
+              clock: Clock, warmup_s: float = float("inf")) -> tuple[float, list[float]]:
+    """One block: pause, the first call (timed apart), up to ``warmup`` untimed calls (stopping once they
+    have taken ``warmup_s``; at least one when ``warmup`` > 0), then ``calls`` timed calls."""
     def timed() -> float:
         t0 = clock.now()
         call()
@@ -105,10 +106,13 @@ def run_block(call: Callable[[], Any], sync: Callable[[], None] | None, warmup: 
 
     clock.sleep(pause_s)
     first = timed()
+    start = clock.now()
     for _ in range(warmup):
         call()
-    if sync is not None:
-        sync()
+        if sync is not None:
+            sync()
+        if clock.now() - start >= warmup_s:
+            break
     return first, [timed() for _ in range(calls)]
 
 
@@ -125,7 +129,7 @@ def block_latency(candidates: Sequence[Candidate], batches: Sequence[int], round
     blocks = [(c, b) for b in batches for c in candidates]
     estimates = {}
     for cand, b in blocks:  # sizing pass, not timed: also warms every model up once
-        _, times = run_block(cand.calls[b], cand.sync, max(1, warmup), 1, 0.0, clock)
+        _, times = run_block(cand.calls[b], cand.sync, max(1, warmup), 1, 0.0, clock, block_s)
         estimates[(cand.key, b)] = times[0]
     plan = plan_calls(estimates, block_s, min_calls, max_calls)
     samples: dict[tuple[str, int], list[float]] = {k: [] for k in plan}
@@ -139,7 +143,8 @@ def block_latency(candidates: Sequence[Candidate], batches: Sequence[int], round
             this_round = rotated(blocks, rnd)
             order.append([f"{c.key}@{b}" for c, b in this_round])
             for cand, b in this_round:
-                first, times = run_block(cand.calls[b], cand.sync, warmup, plan[(cand.key, b)], pause_s, clock)
+                first, times = run_block(cand.calls[b], cand.sync, warmup, plan[(cand.key, b)], pause_s, clock,
+                                         block_s)
                 firsts[(cand.key, b)].append(first)
                 samples[(cand.key, b)].extend(times)
             if progress is not None:
@@ -175,8 +180,9 @@ def _method(warmup: int, rounds: int, pause_s: float, block_s: float, min_calls:
     synced = " (synchronized on CUDA)" if any(c.sync for c in candidates) else ""
     return (f"in-process, model call only (ids tokenized beforehand at each candidate's own length), "
             f"time.perf_counter per call{synced}; each candidate and batch runs in blocks: a {pause_s * 1e3:g} ms "
-            f"pause, one call timed apart (first call after switching models), {warmup} untimed warm-up calls, "
-            f"then about {block_s:g} s of timed calls ({min_calls}-{max_calls}); {rounds} rounds of one block per "
+            f"pause, one call timed apart (first call after switching models), {warmup} untimed warm-up calls "
+            f"(fewer once they take {block_s:g} s, at least one), then about {block_s:g} s of timed calls "
+            f"({min_calls}-{max_calls}); {rounds} rounds of one block per "
             f"candidate and batch, the blocks' order rotated each round so that machine drift is shared; "
             f"percentiles over the timed calls (numpy linear interpolation)")
 
