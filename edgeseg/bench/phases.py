@@ -13,6 +13,7 @@ import numpy as np
 from edgeseg.bench import accuracy, env, gemm, latency, memory
 from edgeseg.bench.models import DYNAMIC, FIXED, Model
 from edgeseg.bench.progress import bar, spaced
+from edgeseg.runtime.base import DEFAULT_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +109,23 @@ def _static(model: Model) -> dict[str, Any]:
     return {**info, **memory.bundle_bytes(path)}
 
 
+#: prompts per model call in the memory children: what each path does by default (the runtime's
+#: ``Runner.encode`` and ``edgeseg encode --bundle`` use DEFAULT_BATCH; ``encode_prompts`` uses 64)
+TORCH_BATCH = 64
+
+
 def _children(run: Run, prompts_file: Any) -> list[tuple[str, list[str]]]:
     opts, children = run.opts, []
     for key, model in run.models.items():
         if model.shares_weights_with or model.extra.get("no_child"):
             continue
         if model.runner is not None:
-            children.append((key, memory.bundle_child(model.runner.bundle, prompts_file, opts.threads, 64)))
+            children.append((key, memory.bundle_child(model.runner.bundle, prompts_file, opts.threads,
+                                                      DEFAULT_BATCH)))
         elif model.extra.get("child_encoder"):
             checkpoint = opts.sam3_checkpoint if key == FIXED else None
             children.append((key, memory.torch_child(model.extra["child_encoder"], checkpoint, prompts_file,
-                                                     opts.threads, 64, opts.device)))
+                                                     opts.threads, TORCH_BATCH, opts.device)))
     return children
 
 
@@ -150,7 +157,9 @@ def memory_phase(run: Run) -> dict[str, Any]:
                                                              row.get("child_gpu_peak_allocated_bytes"))
     return {"static": static, "dynamic": dynamic, "not_measured": [k for k in run.models if k not in dynamic],
             "dynamic_method": (f"peak RSS of a fresh process (psutil) that imports, loads one model and encodes the "
-                               f"same {opts.rss_prompts} eval prompts at batch 64 with {opts.threads} threads; torch "
+                               f"same {opts.rss_prompts} eval prompts with {opts.threads} threads, in the batches each "
+                               f"path uses by default (bundles: Runner.encode's {DEFAULT_BATCH}, torch encoders: "
+                               f"encode_prompts' {TORCH_BATCH}); torch "
                                f"children also report torch.cuda.max_memory_allocated on CUDA; dynamic-length "
                                f"variants share their fixed-length model's weights and are not run apart")}
 
