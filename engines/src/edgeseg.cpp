@@ -210,6 +210,7 @@ void attach_bank(edgeseg_runtime* runtime, const edgeseg_options& opts) {
 
 void make_backend(edgeseg_runtime* runtime, const edgeseg_options& opts) {
   using edgeseg::detail::fail;
+  (void)opts;  // unused when the build has neither ONNX Runtime nor TensorRT
   const std::string& backend = runtime->bundle.backend;
   if (backend == "bank") return;  // a bank-only bundle: no model
   if (backend == "onnxruntime") {
