@@ -337,3 +337,4 @@ def test_python_and_cpp_serve_identical_values(tiny, banks, tmp_path):
     with np.load(tmp_path / "cpp.npz") as got:
         np.testing.assert_array_equal(got["memory"][:-1], want.memory[:-1])
         np.testing.assert_array_equal(got["input_ids"], want.input_ids)
+

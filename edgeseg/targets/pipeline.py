@@ -58,6 +58,9 @@ class Prompts:
     evaluation: Sequence[str] | None = None
     #: INT8 step: keep the token-embedding table FP32 (default: INT8 rows, Gather -> Cast -> Mul)
     float_embedding: bool = False
+    #: Core ML: prompts whose outputs the bundle ships in a prompt bank (edgeseg.bank), and its dtype
+    bank: Sequence[str] | None = None
+    bank_dtype: str = "float32"
 
 
 @dataclass
@@ -81,12 +84,14 @@ def resolve_precision(target: str, precision: str | None, bundle_manifest: dict[
 
 
 def preflight(target: str, precision: str, from_bundle: bool, w8a8: bool = False,
-              jetson_probe: Callable[[], bool] | None = None) -> dict[str, Any]:
+              jetson_probe: Callable[[], bool] | None = None, bank: bool = False) -> dict[str, Any]:
     """Check what the target needs before any work; raises :class:`EdgesegError` with one line."""
     if target not in TARGETS:
         raise EdgesegError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if w8a8 and target != "coreml":
         raise EdgesegError("--w8a8 applies to --target coreml only")
+    if bank and target != "coreml":
+        raise EdgesegError("--bank-prompts applies to --target coreml (for other bundles: edgeseg bank build)")
     facts: dict[str, Any] = {"on_jetson": False}
     if target == "coreml":
         if from_bundle:
@@ -158,7 +163,8 @@ def build(
     out = check_bundle_target(out)
     bundle_manifest = verify_bundle(bundle) if bundle is not None else None
     precision = resolve_precision(target, precision, bundle_manifest)
-    facts = facts if facts is not None else preflight(target, precision, bundle is not None, w8a8)
+    facts = facts if facts is not None else preflight(target, precision, bundle is not None, w8a8,
+                                                      bank=bool(prompts.bank))
     engine = engine or EngineOptions()
     rows: list[tuple[str, str]] = []
     name = model.name if model is not None else bundle_manifest["encoder"]
@@ -174,7 +180,8 @@ def build(
         manifest, target_rows = coreml_bundle(model, out, precision, max_batch, prompts.reference, source or {},
                                               w8a8=w8a8, extra=build_info, progress=say,
                                               calibration=prompts.calibration, evaluation=prompts.evaluation,
-                                              calibration_name=prompts.calibration_name)
+                                              calibration_name=prompts.calibration_name,
+                                              bank=prompts.bank, bank_dtype=prompts.bank_dtype)
         return BuildResult(manifest, _header(name, out, target, precision, max_batch, context) + target_rows
                            + _size_rows(manifest))
 
