@@ -18,6 +18,7 @@
 #include "bank.hpp"
 #include "common.hpp"
 #include "edgeseg/edgeseg.h"
+#include "edgeseg/edgeseg.hpp"
 
 namespace fs = std::filesystem;
 using edgeseg::detail::Bank;
@@ -278,4 +279,22 @@ TEST_F(Banks, RefusesABankOfAnotherBundle) {
   // A path that is a directory.
   EXPECT_EQ(create(EDGESEG_TEST_BUNDLE, (kBankDir / "bankonly").c_str(), true, &status), nullptr);
   EXPECT_TRUE(contains(edgeseg_last_error(), "is a directory")) << edgeseg_last_error();
+}
+
+TEST_F(Banks, CxxApi) {
+  edgeseg::Options options;
+  options.tokenizer_only = true;
+  options.bank = (kBankDir / "bank-f32.safetensors").string();
+  edgeseg::Runtime runtime(EDGESEG_TEST_BUNDLE, options);
+  EXPECT_EQ(runtime.bank_entries(), 9);
+  std::vector<uint8_t> found;
+  edgeseg::Encoded out = runtime.lookup({"pallet", "zebra crossing"}, &found);
+  EXPECT_EQ(found, (std::vector<uint8_t>{1, 0}));
+  EXPECT_EQ(runtime.encode({"pallet"}).memory, std::vector<float>(out.memory.begin(), out.memory.begin() + 16 * 256));
+  try {
+    runtime.encode({"zebra crossing"});
+    FAIL() << "a prompt outside the bank must throw without a model";
+  } catch (const edgeseg::Error& e) {
+    EXPECT_EQ(e.status(), EDGESEG_ERROR_NOT_IN_BANK);
+  }
 }
