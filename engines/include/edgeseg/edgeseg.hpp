@@ -89,14 +89,7 @@ class Runtime {
 
   Encoded encode(const std::vector<std::string>& prompts) {
     std::vector<const char*> ptrs = pointers(prompts);
-    Encoded out;
-    out.batch = prompts.size();
-    out.context_length = context_length();
-    out.dim = output_dim();
-    const size_t tokens = out.batch * static_cast<size_t>(out.context_length);
-    out.ids.resize(tokens);
-    out.mask.resize(tokens);
-    out.memory.resize(tokens * static_cast<size_t>(out.dim));
+    Encoded out = allocate(prompts.size());
     check(edgeseg_encode(handle_, ptrs.data(), ptrs.size(), out.ids.data(), out.mask.data(), out.memory.data()));
     return out;
   }
@@ -105,14 +98,7 @@ class Runtime {
   // not (only its ids are filled: run your own model on them). Throws if the runtime has no bank.
   Encoded lookup(const std::vector<std::string>& prompts, std::vector<uint8_t>* found) {
     std::vector<const char*> ptrs = pointers(prompts);
-    Encoded out;
-    out.batch = prompts.size();
-    out.context_length = context_length();
-    out.dim = output_dim();
-    const size_t tokens = out.batch * static_cast<size_t>(out.context_length);
-    out.ids.resize(tokens);
-    out.mask.resize(tokens);
-    out.memory.resize(tokens * static_cast<size_t>(out.dim));
+    Encoded out = allocate(prompts.size());
     found->assign(prompts.size(), 0);
     check(edgeseg_bank_lookup(handle_, ptrs.data(), ptrs.size(), out.ids.data(), out.mask.data(), out.memory.data(),
                               found->data()));
@@ -122,6 +108,17 @@ class Runtime {
  private:
   static void check(edgeseg_status status) {
     if (status != EDGESEG_OK) throw Error(status, edgeseg_last_error());
+  }
+  Encoded allocate(size_t batch) const {
+    Encoded out;
+    out.batch = batch;
+    out.context_length = context_length();
+    out.dim = output_dim();
+    const size_t tokens = batch * static_cast<size_t>(out.context_length);
+    out.ids.resize(tokens);
+    out.mask.resize(tokens);
+    out.memory.resize(tokens * static_cast<size_t>(out.dim));
+    return out;
   }
   static std::vector<const char*> pointers(const std::vector<std::string>& prompts) {
     std::vector<const char*> ptrs;
