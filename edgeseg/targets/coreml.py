@@ -392,9 +392,10 @@ def predict(package: str | os.PathLike, input_ids: np.ndarray, max_batch: int,
     return np.concatenate(memories), np.concatenate(masks)
 
 
-def ship_bank(directory: Path, fields: dict[str, Any], prompts: Sequence[str], dtype: str, max_batch: int
-              ) -> dict[str, Any]:
-    """Write the prompt bank a Core ML bundle ships (``bank.safetensors``) and return its manifest entry.
+def ship_bank(directory: Path, fields: dict[str, Any], prompts: Sequence[str], dtype: str, max_batch: int,
+              say: Callable[[str], None], rows: list[tuple[str, str]]) -> dict[str, Any]:
+    """Write the prompt bank a Core ML bundle ships (``bank.safetensors``) and return its manifest entry
+    (and a summary row in ``rows``).
 
     The memory is what the package computes: Core ML's own prediction on macOS; elsewhere the package's
     MIL program evaluated in float32 (:mod:`edgeseg.targets.mil`), which has the stored weights but not the
@@ -426,7 +427,9 @@ def ship_bank(directory: Path, fields: dict[str, Any], prompts: Sequence[str], d
                         tokenizer=bundle_tokenizer(directory, fields), encode_ids=encode,
                         encoder=str(fields["encoder"]), precision=str(fields["precision"]), producer=producer,
                         tools=tool_versions("numpy", "coremltools", "torch"))
+    say(f"prompt bank: {len(prompts)} prompt(s) through the package ({dtype})")
     header = build_bank(directory / BANK_FILE, prompts, source, dtype)
+    rows.append(("bank", f"{BANK_FILE}: {header.prompts} prompt(s), {header.entries} entries, {dtype}; {producer}"))
     return {"file": BANK_FILE, "dtype": dtype, "prompts": header.prompts, "entries": header.entries,
             "producer": producer}
 
@@ -555,10 +558,7 @@ def coreml_bundle(
             "tools": tool_versions("torch", "coremltools", "numpy"),
         }
         if bank:
-            say(f"prompt bank: {len(bank)} prompt(s) through the package ({bank_dtype})")
-            fields["bank"] = ship_bank(tmp, fields, bank, bank_dtype, max_batch)
-            rows.append(("bank", f"{fields['bank']['file']}: {fields['bank']['prompts']} prompt(s), "
-                                 f"{fields['bank']['entries']} entries, {bank_dtype}; {fields['bank']['producer']}"))
+            fields["bank"] = ship_bank(tmp, fields, bank, bank_dtype, max_batch, say, rows)
         manifest = finalize(tmp, fields)
     size = facts["bytes"] / 1e6
     rows.append(("target", f"{PACKAGE}: ML program, iOS 17+/macOS 14+, int32 ids, {facts['quantized_weights']} "
