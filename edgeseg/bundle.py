@@ -26,7 +26,6 @@ import platform
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, check_output_folder, sha256_file
-from edgeseg.tokenizer import Tokenizer
 
 FORMAT = "edgeseg-bundle"
 FORMAT_VERSION = 1
@@ -58,6 +56,8 @@ def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[s
 
 def tool_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (absent ones are left out), plus Python's."""
+    from importlib import metadata  # not at module level: ~3 MB of RSS that serving a bundle never needs
+
     found = {"edgeseg": __version__, "python": platform.python_version()}
     for name in names:
         try:
@@ -275,8 +275,14 @@ def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = 
         return {k: data[k] for k in data.files}
 
 
-def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> Tokenizer:
-    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges)."""
+def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None):
+    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges).
+
+    Imported here, not at module level: ftfy and regex cost ~9 MB of RSS, which a process that answers
+    every prompt from a prompt bank by its exact text never needs.
+    """
+    from edgeseg.tokenizer import Tokenizer
+
     manifest = manifest or read_manifest(bundle)
     spec = manifest["tokenizer"]
     try:

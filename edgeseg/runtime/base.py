@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +12,9 @@ from edgeseg.bank import Bank
 from edgeseg.bundle import bundle_tokenizer, load_reference
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import Encoded, token_fidelity
-from edgeseg.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # the tokenizer (ftfy, regex) is imported only when a prompt needs tokenizing
+    from edgeseg.tokenizer import Tokenizer
 
 #: prompts per model call in ``Runner.encode`` (and ``edgeseg encode --bundle``)
 DEFAULT_BATCH = 8
