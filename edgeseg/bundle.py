@@ -219,7 +219,8 @@ def verify_bundle(bundle: str | os.PathLike) -> dict[str, Any]:
             raise EdgesegError(f"bundle {bundle} is incomplete: {name} is missing")
         if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             raise EdgesegError(f"bundle {bundle} is corrupt or was modified: {name} does not match its sha256")
-    for name in named_files(manifest):
+    bank = manifest.get("bank")
+    for name in [manifest["model"], *([bank.get("file")] if isinstance(bank, dict) else [])]:
         if name not in manifest["files"]:
             raise EdgesegError(f"bundle {bundle} names file {name} but does not list it")
     return manifest
