@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,8 @@ def run_bank_bench(bundle: str | Path, prompts: Sequence[str], out: str | Path, 
         "encoder": manifest["encoder"], "precision": manifest["precision"], "backend": manifest["backend"],
         "prompts": len(dict.fromkeys(prompts)), "random_weights": random_weights,
         "weights": "RANDOM/SYNTHETIC WEIGHTS (latency and memory do not depend on them; the float16 fidelity does)"
-        if random_weights else "checkpoint", "environment": environment(threads), "goals": GOALS}
+        if random_weights else "checkpoint", "environment": environment(threads), "goals": GOALS,
+        "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix=".bank-bench-", dir=out) as work:
         work = Path(work)
         prompts_file = work / "prompts.txt"
@@ -251,6 +253,7 @@ def run_bank_bench(bundle: str | Path, prompts: Sequence[str], out: str | Path, 
         results["rss"] = peak_rss(bundle, bank_only, prompts_file, threads, tool)
         results["size"] = bank_sizes(banks)
         results["fidelity_float16_vs_float32"] = dtype_fidelity(banks)
+    results["load_average_end"] = os.getloadavg()
     results["targets"] = targets(results)
     write_report(results, out)
     return results
@@ -286,7 +289,10 @@ def render(results: dict[str, Any]) -> str:
     return "\n\n".join([
         f"# Prompt-bank benchmark: {results['encoder']} {results['precision']} ({results['prompts']:,} prompts)",
         f"{results['weights']}. Machine: {env.get('device')}, {env.get('cpu_count')} CPUs, {env.get('threads')} "
-        f"threads; created {results['created']}.",
+        f"threads; created {results['created']}; load average (1, 5, 15 min) at the start "
+        f"{', '.join(f'{x:.2f}' for x in results['load_average_start'])}, at the end "
+        f"{', '.join(f'{x:.2f}' for x in results['load_average_end'])} (timings are only meaningful on an idle "
+        "machine).",
         md_table(["bar", "goal", "measured", "ratio to goal", ""], bars, "llrrl"),
         "## Python, in one process (per call, median µs)",
         md_table(["call", "batch 1", "batch 8", "x faster b1", "x faster b8"], py_rows, "lrrrr"),
