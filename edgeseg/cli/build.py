@@ -186,6 +186,11 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
 @click.option("--w8a8", is_flag=True, help="Core ML: 8-bit activations on top of 8-bit weights (implies --precision "
               "int8; symmetric, before every linear/conv input, calibrated on the calibration prompts; pays off on "
               "A17 Pro / M4).")
+@click.option("--bank-prompts", type=click.Path(path_type=Path), default=None,
+              help="Core ML: also ship a prompt bank of these prompts beside the package (an app answers them "
+                   "without the model; see README 'Prompt banks').")
+@click.option("--bank-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Memory dtype of --bank-prompts' bank.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
@@ -193,7 +198,8 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
           calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
           method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
           version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,
-          tensorrt_version: str | None, w8a8: bool, threads: int | None, seed: int) -> None:
+          tensorrt_version: str | None, w8a8: bool, bank_prompts: Path | None, bank_dtype: str, threads: int | None,
+          seed: int) -> None:
     """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
 
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
@@ -215,12 +221,14 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
     precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)
-    facts = preflight(target, precision, bundle is not None, w8a8, tensorrt_version=tensorrt_version)
+    facts = preflight(target, precision, bundle is not None, w8a8, tensorrt_version=tensorrt_version,
+                      bank=bank_prompts is not None)
     calibration, calibration_name = (read_prompts(calibration_file), calibration_file.name) if calibration_file \
         else (load_split("calibration"), "calibration/calibration.txt")
     evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
     prompts = Prompts(_reference_prompts(reference_prompts), calibration[:calibration_limit], calibration_name,
-                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding)
+                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding,
+                      read_prompts(bank_prompts) if bank_prompts else None, bank_dtype)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed) if encoder else None
     result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,
                        source=_source(checkpoint, seed) if encoder else None, max_batch=max_batch, opset=opset,
