@@ -16,7 +16,7 @@ from edgeseg.cli.common import (
     _source,
     cli,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command()
@@ -40,6 +40,7 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
     weights are not in the graph. The bundle holds model.onnx, the tokenizer vocabulary, reference
     inputs/outputs and manifest.json (sha256 of every file); it is written atomically.
     """
+    require_extra("edgeseg export", "build", "torch", "onnx")
     from edgeseg.bundle import check_bundle_target
     from edgeseg.corpus import reference_prompts as reference_set
     from edgeseg.export import export_bundle
@@ -98,6 +99,7 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     misses the gate, the layers that add the most error are returned to float until it holds; the
     manifest lists them. Never imports torch.
     """
+    require_extra("edgeseg quantize", "build", "onnx")
     from edgeseg.bundle import check_bundle_target
     from edgeseg.corpus import calibration_set, gate_set, pruning_corpus
     from edgeseg.quantize import Gate, quantize_bundle
@@ -178,6 +180,11 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
     coreml needs coremltools (and --encoder). A summary of every stage is printed on stderr.
     """
+    if (encoder is None) == (bundle is None):
+        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
+    if bundle is not None and (checkpoint is not None or context_length is not None):
+        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    require_extra("edgeseg build", "build", "onnx", *(["torch"] if encoder else []))
     from edgeseg.bundle import check_bundle_target, verify_bundle
     from edgeseg.corpus import calibration_set, gate_set
     from edgeseg.corpus import reference_prompts as reference_set
@@ -185,10 +192,6 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     from edgeseg.targets.pipeline import EngineOptions, Prompts, preflight, resolve_precision
     from edgeseg.targets.pipeline import build as run_build
 
-    if (encoder is None) == (bundle is None):
-        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
-    if bundle is not None and (checkpoint is not None or context_length is not None):
-        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
     precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)

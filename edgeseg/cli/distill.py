@@ -14,6 +14,7 @@ from edgeseg.cli.common import (
     _note,
     cli,
 )
+from edgeseg.errors import require_extra
 
 
 @cli.group(invoke_without_command=True)
@@ -92,11 +93,12 @@ def distill(ctx: click.Context, **opts) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    if opts["student"] is None or opts["out"] is None:
+        raise click.UsageError("edgeseg distill needs --student NAME and --out RUNDIR")
+    require_extra("edgeseg distill", "build", "torch", "safetensors")
     from edgeseg.distill import DistillConfig
     from edgeseg.distill import distill as run_distill
 
-    if opts["student"] is None or opts["out"] is None:
-        raise click.UsageError("edgeseg distill needs --student NAME and --out RUNDIR")
     student_config = _json_option(opts.pop("student_config"), "--student-config")
     teacher_config = _json_option(opts.pop("teacher_config"), "--teacher-config")
     prompts = [str(p) for p in opts.pop("prompts_files")]
@@ -125,6 +127,7 @@ def distill_splice(sam3_path: Path, student_path: Path, out: Path) -> None:
     The student's 16 position rows are rows 0..15 of the 77-row table: load the result with
     `--position-table slice` (efficientsam3's inference code slices too).
     """
+    require_extra("edgeseg distill splice", "build", "torch", "safetensors")
     from edgeseg.distill import splice_student
 
     info = splice_student(sam3_path, student_path, out)

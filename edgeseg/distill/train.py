@@ -354,8 +354,11 @@ def baseline_cosine(train_targets: np.ndarray, train_ids: np.ndarray, ids: np.nd
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    from edgeseg.errors import optional_module
 
+    matplotlib = optional_module("matplotlib", f"{path.name}")
+    if matplotlib is None:
+        return
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
