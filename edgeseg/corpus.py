@@ -308,25 +308,15 @@ def pruning_corpus(spec: str) -> tuple[list[str], str]:
     if spec == TRAIN_CORPUS:
         return (load_split("calibration") + load_split("distill"),
                 f"edgeseg/{PROMPTS_PACKAGE_DIR} train splits (calibration + distill)")
-    return _named(spec, "distill")
+    from edgeseg.fileio import read_prompts
+
+    return read_prompts(spec), Path(spec).name
 
 
 def overlap(a: Iterable[str], b: Iterable[str]) -> set[str]:
     """Normalized texts that occur in both ``a`` and ``b`` (after :func:`normalize_prompt`)."""
     left = {normalize_prompt(t) for t in a}
     return {n for n in (normalize_prompt(t) for t in b) if n in left}
-
-
-def check_disjoint(train_prompts: Iterable[str], eval_prompts: Iterable[str]) -> None:
-    """Raise :class:`EdgesegError` if any training prompt is an eval prompt after normalization."""
-    common = overlap(train_prompts, eval_prompts)
-    if common:
-        shown = ", ".join(repr(t) for t in sorted(common)[:5])
-        more = f" and {len(common) - 5} more" if len(common) > 5 else ""
-        raise EdgesegError(
-            f"{len(common)} training prompt(s) are also eval prompts after normalization: {shown}{more}. "
-            "Remove them (or train on the shipped distill split) so the evaluation stays held out."
-        )
 
 
 # --------------------------------------------------------------------------------------------------
