@@ -42,7 +42,7 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list, cwd: Path, timeout: int = RUN_TIMEOUT_S, **env) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env={**_env(), **env})
+                          stdin=subprocess.DEVNULL, env={**_env(), **{k: str(v) for k, v in env.items()}})
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
