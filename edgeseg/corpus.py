@@ -301,9 +301,9 @@ TRAIN_CORPUS = "train"
 def pruning_corpus(spec: str) -> tuple[list[str], str]:
     """The vocabulary-pruning corpus and its name: ``"train"`` (the calibration + distill splits) or a file.
 
-    Never the eval split (the gate measures the pruned bundle on it) nor the reference split;
-    :func:`edgeseg.quantize.quantize_bundle` adds the bundle's own reference prompts so that its
-    self-check keeps its segmentation.
+    The eval split (the gate measures the pruned bundle on it) and the reference split are never
+    part of it; :func:`edgeseg.quantize.quantize_bundle` adds only the bundle's own 32 reference
+    prompts, so that its self-check keeps its segmentation.
     """
     if spec == TRAIN_CORPUS:
         return (load_split("calibration") + load_split("distill"),
