@@ -76,8 +76,10 @@ def bundle(installed, tmp_path_factory) -> tuple[Path, subprocess.CompletedProce
     work = tmp_path_factory.mktemp("clean-dir")
     cli = [sys.executable, "-m", "edgeseg.cli"]
     _ok(_run([*cli, "export", "--encoder", "mobileclip-s0", "--out", "s0-fp32"], cwd=work, PYTHONPATH=installed))
+    # a gate that random weights pass at once: the fallback's layer ranking is tested elsewhere
     quantized = _ok(_run([*cli, "quantize", "s0-fp32", "--out", "s0-int8", "--calibration-limit", "32",
-                          "--eval-limit", "16"], cwd=work, PYTHONPATH=installed))
+                          "--eval-limit", "16", "--min-mean-cosine", "0.99", "--min-worst-cosine", "0.95"],
+                         cwd=work, PYTHONPATH=installed))
     return work / "s0-int8", quantized
 
 
