@@ -11,7 +11,7 @@ from edgeseg.cli.common import (
     _note,
     cli,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command(context_settings={"show_default": True})
@@ -51,6 +51,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
     segmentation agreement through Meta's SAM3 image model with each candidate's text features
     injected. Writes OUT/results.json, OUT/report.md and plots.
     """
+    require_extra("edgeseg bench (its FP32 SAM3 baseline runs in torch)", "build", "torch")
     from edgeseg.bench import BenchOptions, prepare, run_bench
 
     try:

@@ -20,7 +20,7 @@ from edgeseg.cli.common import (
     _write_npz,
     cli,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command()
@@ -41,6 +41,7 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
     Students hold a position table of context-length rows; 'params_with_checkpoint_table' counts
     the 77-row table of the released files (the paper's figures).
     """
+    require_extra("edgeseg info --encoder", "build", "torch")
     from edgeseg.checkpoints import load_encoder, read_checkpoint
     from edgeseg.encoders import build_encoder
 
@@ -120,6 +121,8 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
         raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
     if bank_file is not None and bundle is None:
         raise EdgesegError("--bank applies to --bundle (a bank belongs to the bundle it was built from)")
+    if encoder is not None:
+        require_extra("edgeseg encode --encoder", "build", "torch")
     prompts = read_prompts(prompts_file)
     check_output_folder(out)
     if bundle is not None:
@@ -162,6 +165,7 @@ def compare(prompts_file: Path, encoders: str, repeats: int, batch_size: int, th
     encoder's, per prompt (mean and worst). All encoders have RANDOM seeded weights here, so the
     cosine column only shows the pipeline runs; with random weights it is near 0 by construction.
     """
+    require_extra("edgeseg compare", "build", "torch")
     import torch
 
     from edgeseg.encode import compare_encoders
