@@ -484,6 +484,8 @@ def run(paths: Sequence[str | Path], out: str | Path, *, contexts: Sequence[int]
     timing: dict[str, float] = {}
     contexts = _check_options(out, contexts, embedding, sample, max_truncation, coverage)
     out = Path(out)
+    if not embedding and checkpoint is not None:
+        note("--no-embedding: --teacher-checkpoint is not used")
 
     t0 = time.perf_counter()
     sources = read_sources(paths)
@@ -618,6 +620,16 @@ def _write_outputs(out: Path, result: dict[str, Any], counts: np.ndarray, overal
         result["timing_s"] = timing
         (tmp / "report.md").write_text(render_report(result), encoding="utf-8")
         (tmp / "analysis.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+def summary_line(result: dict[str, Any], out: str | Path) -> str:
+    """One line on a finished analysis: what was read, how long it took, what is recommended."""
+    timing, rec, inputs = result["timing_s"], result["recommendation"], result["inputs"]
+    emb = f", embedding {timing['embedding']:.1f} s" if "embedding" in timing else ""
+    return (f"analyzed {inputs['prompts']:,} prompt(s) ({inputs['unique_prompts']:,} distinct) from "
+            f"{len(inputs['files'])} file(s): length+vocabulary {timing['length_and_vocabulary']:.1f} s{emb}, total "
+            f"{timing['total']:.1f} s; recommended context {rec['context_length']}, vocabulary "
+            f"{rec['vocabulary']['vocabulary_size']:,} ids at {rec['vocabulary']['coverage']:.1%} coverage -> {out}")
 
 
 # -- report ---------------------------------------------------------------------------------------
