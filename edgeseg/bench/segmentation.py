@@ -119,6 +119,7 @@ class Grounding:
     boxes: np.ndarray  # [Q, 4] xyxy, normalized
     masks: np.ndarray  # [Q, h, w] bool (mask logit > 0)
     threshold: float
+    logits: Any = None  # [Q, h, w] float mask logits (torch), when kept (edgeseg segment resizes them)
 
     @property
     def kept(self) -> np.ndarray:
@@ -185,20 +186,21 @@ def summarize(rows: Sequence[dict[str, Any]], iou_bar: float = 0.95) -> dict[str
 
 
 # -- the run -------------------------------------------------------------------------------------
-def _find_stage() -> Any:
+def _find_stage(device: Any = "cpu") -> Any:
     """SAM3's query for one image and one text (what ``Sam3Processor`` builds)."""
     from sam3.model.data_misc import FindStage
 
-    return FindStage(img_ids=torch.tensor([0], dtype=torch.long), text_ids=torch.tensor([0], dtype=torch.long),
+    ids = torch.tensor([0], dtype=torch.long, device=device)
+    return FindStage(img_ids=ids, text_ids=ids,
                      input_boxes=None, input_boxes_mask=None, input_boxes_label=None, input_points=None,
                      input_points_mask=None)
 
 
 def ground(model: torch.nn.Module, backbone_out: dict[str, Any], prompt: str, threshold: float,
-           find_stage: Any) -> tuple[Grounding, float, float]:
+           find_stage: Any, device: Any = "cpu", keep_logits: bool = False) -> tuple[Grounding, float, float]:
     """Text features for ``prompt`` (whatever text module is installed), then SAM3's grounding heads."""
     t0 = time.perf_counter()
-    text = model.backbone.forward_text([prompt], device="cpu")
+    text = model.backbone.forward_text([prompt], device=device)
     t1 = time.perf_counter()
     out = model.forward_grounding(backbone_out={**backbone_out, **text}, find_input=find_stage,
                                   geometric_prompt=model._get_dummy_prompt(), find_target=None)
@@ -207,8 +209,10 @@ def ground(model: torch.nn.Module, backbone_out: dict[str, Any], prompt: str, th
     from sam3.model.box_ops import box_cxcywh_to_xyxy
 
     boxes = box_cxcywh_to_xyxy(out["pred_boxes"][0])
-    masks = out["pred_masks"][0] > 0
-    return Grounding(scores.float().numpy(), boxes.float().numpy(), masks.numpy(), threshold), t1 - t0, t2 - t1
+    logits = out["pred_masks"][0]
+    grounding = Grounding(scores.float().cpu().numpy(), boxes.float().cpu().numpy(), (logits > 0).cpu().numpy(),
+                          threshold, logits if keep_logits else None)
+    return grounding, t1 - t0, t2 - t1
 
 
 def transform(resolution: int) -> Callable[[np.ndarray], torch.Tensor]:

@@ -48,9 +48,13 @@ class CpuShim(TorchFunctionMode):
     fallback stacks one label map per new detection, and fails on a frame without any).
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.cuda = torch.cuda.is_available()
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        if torch.cuda.is_available():
+        if self.cuda:
             return func(*args, **kwargs)
         if _is_cuda(kwargs.get("device")):
             kwargs["device"] = "cpu"
