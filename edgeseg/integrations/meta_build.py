@@ -15,7 +15,10 @@ built for 224 px instead of 1008).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +75,25 @@ class CpuShim(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Meta's import- and build-time warnings off (torch.jit, CUDA autocast on CPU); its own INFO loggers
+    (which print to stderr) at WARNING unless edgeseg logs at INFO (``-v``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+    if not logging.getLogger("edgeseg").isEnabledFor(logging.INFO):
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("sam3"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def import_sam3() -> Any:
     """Meta's ``sam3.model_builder``, or a one-line error naming the extra."""
     try:
-        import sam3.model_builder as builder
+        with quiet():
+            import sam3.model.sam3_video_inference  # noqa: F401  (its import warns about CUDA autocast)
+            import sam3.model_builder as builder
     except ImportError as exc:
         raise EdgesegError(f"this needs Meta's sam3 package (pip install -e .[sam3]): {exc}") from exc
     return builder
@@ -152,7 +170,7 @@ def build_image_model(checkpoint: Path | None = None, text_state: dict[str, torc
     builder = import_sam3()
     state = read_sam3_checkpoint(checkpoint) if checkpoint is not None else None
     torch.manual_seed(seed)
-    with CpuShim(), torch.device("cpu"):
+    with quiet(), CpuShim(), torch.device("cpu"):
         model = builder._create_sam3_model(
             _backbone(builder, tiny, False), builder._create_sam3_transformer(), builder._create_geometry_encoder(),
             builder._create_segmentation_head(), builder._create_dot_product_scoring(), None, True)
@@ -230,7 +248,7 @@ def build_video_model(checkpoint: Path | None = None, tiny: bool = False, seed: 
     if unknown:
         raise EdgesegError(f"unknown SAM3 video settings: {', '.join(sorted(unknown))}")
     torch.manual_seed(seed)
-    with CpuShim(), torch.device("cpu"):
+    with quiet(), CpuShim(), torch.device("cpu"):
         tracker = _tiny_tracker() if tiny else builder.build_tracker(apply_temporal_disambiguation=True)
         model = Sam3VideoInferenceWithInstanceInteractivity(
             detector=_detector(builder, tiny), tracker=tracker, compile_model=False,
