@@ -28,7 +28,9 @@ setup(
         # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and
         # torchvision without declaring them.
         "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil",
-                 "scikit-image"],  # edgeseg bench: the sample photos of the segmentation benchmark
+                 "scikit-image",  # edgeseg bench: the sample photos of the segmentation benchmark
+                 "imageio>=2.31", "av>=12",  # edgeseg segment/bench --video: decode clips, write GIF/MP4
+                 "transformers==5.23.0"],  # edgeseg.integrations.transformers_sam3 (and its parity tests)
         "coreml": ["coremltools>=8"],  # 9.0 tested (converts on Linux; predicts on macOS)
         "tensorrt": ["tensorrt>=10"],  # GPU machines only; not installable in CI
         "dev": ["pytest", "ruff"],

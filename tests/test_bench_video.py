@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import import_sam3
-from test_export import tiny_exported_bundle
 
 from edgeseg.bench.video import FrameTracks, compare_tracks, match_objects, summarize_video
 from edgeseg.errors import EdgesegError
@@ -59,7 +58,6 @@ def test_video_phase_on_a_three_frame_clip(tmp_path_factory):
     from edgeseg.bench.video import video_phase
     from edgeseg.integrations.meta_build import build_video_model
     from edgeseg.media import write_animation
-    from edgeseg.runtime import load
 
     clip = tmp_path_factory.mktemp("clip") / "clip.mp4"
     base = astronaut()[::4, ::4]
@@ -67,12 +65,10 @@ def test_video_phase_on_a_three_frame_clip(tmp_path_factory):
     teacher = tiny_teacher()
     model = build_video_model(tiny=True)
     model.detector.backbone.language_backbone.load_state_dict(teacher.state_dict(), strict=True)
-    _, bundle, _ = tiny_exported_bundle(tmp_path_factory)
     opts = SimpleNamespace(video=clip, video_frames=3, prompts=None, video_model=model, sam3_checkpoint=None)
-    with load(bundle) as runner:
-        result = video_phase(opts, teacher, ["sam3-fp32", "bundle"], {}, {"bundle": runner})
+    result = video_phase(opts, teacher, ["sam3-fp32"], {}, {})  # the baseline teacher through the adapter
     assert result["frames"] == 3 and result["prompts"] == ["a person"]
-    for key in ("sam3-fp32", "bundle"):
+    for key in ("sam3-fp32",):
         row = result["per_prompt"][key][0]
         assert [f["frame"] for f in row["frames"]] == [0, 1, 2]
         assert result["summary"][key]["prompts"] == 1
