@@ -47,10 +47,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def _imageio() -> Any:
-    try:
-        import imageio.v3 as iio
-    except ImportError as exc:
-        raise EdgesegError(f"video needs imageio and av (pip install imageio av): {exc}") from exc
+    from edgeseg.errors import require_extra
+
+    require_extra("video", "sam3", "imageio", "av")
+    import imageio.v3 as iio
+
     return iio
 
 

@@ -365,7 +365,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
             bar.update(1)
     results["accuracy"] = {
         "method": accuracy.METHOD, "split": "eval", "prompts": len(eval_prompts),
-        "selection": "evenly spaced prompts of calibration/eval.txt (offset half a step)",
+        "selection": "evenly spaced prompts of edgeseg/data/prompts/eval.txt (offset half a step)",
         "rows": {key: accuracy.compare(encoded[key], encoded[opts.baseline]) for key in keys},
         "weights": RANDOM_NOTE if any_random else None,
     }

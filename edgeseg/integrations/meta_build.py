@@ -90,12 +90,12 @@ def quiet() -> Iterator[None]:
 
 def import_sam3() -> Any:
     """Meta's ``sam3.model_builder``, or a one-line error naming the extra."""
-    try:
-        with quiet():
-            import sam3.model.sam3_video_inference  # noqa: F401  (its import warns about CUDA autocast)
-            import sam3.model_builder as builder
-    except ImportError as exc:
-        raise EdgesegError(f"this needs Meta's sam3 package (pip install -e .[sam3]): {exc}") from exc
+    from edgeseg.errors import require_extra
+
+    require_extra("SAM3's image and video models", "sam3", "sam3", "torchvision")
+    with quiet():
+        import sam3.model.sam3_video_inference  # noqa: F401  (its import warns about CUDA autocast)
+        import sam3.model_builder as builder
     return builder
 
 

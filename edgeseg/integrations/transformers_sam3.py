@@ -34,10 +34,11 @@ MODEL_TYPES = ("sam3", "sam3_lite_text", "sam3_video", "sam3_lite_text_video")
 
 
 def import_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as exc:
-        raise EdgesegError(f"this needs transformers (pip install 'transformers==5.23.0'): {exc}") from exc
+    from edgeseg.errors import require_extra
+
+    require_extra("the transformers SAM3 integration", "transformers")
+    import transformers
+
     return transformers
 
 

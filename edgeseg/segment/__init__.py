@@ -159,11 +159,11 @@ def prepare(opts: SegmentOptions) -> Prepared:
 
 
 def _default_image() -> tuple[str, np.ndarray, str]:
-    try:
-        import skimage.data
-    except ImportError as exc:
-        raise EdgesegError("the default photo comes from scikit-image (pip install scikit-image), or pass --image") \
-            from exc
+    from edgeseg.errors import require_extra
+
+    require_extra("the default photo (or pass --image)", "sam3", "skimage")
+    import skimage.data
+
     from edgeseg.media import as_rgb
 
     return DEFAULT_IMAGE, as_rgb(getattr(skimage.data, DEFAULT_IMAGE)(), DEFAULT_IMAGE), \
