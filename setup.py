@@ -26,7 +26,8 @@ EXTRAS = {
     "build": ["torch>=2.4,<=2.14.1", "onnx", "polygraphy", "safetensors"],
     # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and torchvision
     # without declaring them; scikit-image gives edgeseg bench the sample photos of its segmentation part.
-    "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil", "scikit-image"],
+    "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil", "scikit-image",
+             "imageio>=2.31", "av>=12"],  # edgeseg segment / bench --video: decode clips, write GIF/MP4
     "coreml": ["coremltools>=8"],  # 9.0 tested (converts on Linux; predicts on macOS)
     "tensorrt": ["tensorrt>=10"],  # GPU machines only (Linux/Windows x86-64 with an NVIDIA driver)
     "transformers": ["transformers==5.23.0"],  # the pinned test oracle (interop with the HF SAM3 classes)

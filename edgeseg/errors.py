@@ -19,7 +19,7 @@ from types import ModuleType
 #: extra -> the top-level modules it provides (setup.py's extras_require, by import name)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "build": ("torch", "onnx", "polygraphy", "safetensors"),
-    "sam3": ("sam3", "torchvision", "psutil", "skimage"),
+    "sam3": ("sam3", "torchvision", "psutil", "skimage", "imageio", "av"),
     "coreml": ("coremltools",),
     "tensorrt": ("tensorrt",),
     "transformers": ("transformers",),

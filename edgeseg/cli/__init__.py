@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from edgeseg.cli import analyze, bank, bench, build, distill, encoders  # noqa: F401  (register the commands)
+from edgeseg.cli import analyze, bank, bench, build, distill, encoders, segment  # noqa: F401  (register the commands)
 from edgeseg.cli.common import cli
 from edgeseg.errors import EdgesegError, MissingExtra, extra_of
 
