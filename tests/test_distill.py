@@ -228,8 +228,18 @@ def test_student_beats_the_prompt_independent_baseline(reference_run, corpus, tm
         assert_beats_baselines(first)
 
 
+class _Pad0:
+    """Pad id 0, the cache's own (what a student's ``padding`` gives evaluate to re-pad ids with)."""
+
+    @staticmethod
+    def repad(ids):
+        return ids
+
+
 class _Fixed(torch.nn.Module):
     """A "student" that ignores its input: the same memory for every prompt, padding from the ids."""
+
+    padding = _Pad0()
 
     def __init__(self, memory: np.ndarray):
         super().__init__()
@@ -241,6 +251,8 @@ class _Fixed(torch.nn.Module):
 
 class _Lookup(torch.nn.Module):
     """A perfect "student": the teacher's own memory of each prompt, looked up by its ids."""
+
+    padding = _Pad0()
 
     def __init__(self, ids: np.ndarray, targets: np.ndarray):
         super().__init__()
