@@ -2,7 +2,7 @@
 """C++ tokenizer vs Python tokenizer, id for id: the counts the README quotes, as a results file.
 
 Uses the same C API calls and the same comparison as ``tests/test_engines.py`` (which asserts them):
-every prompt of ``calibration/`` (all splits) and conftest's ``HARD_PROMPTS``; for each set, how many
+every shipped prompt (``edgeseg/data/prompts``, all splits) and conftest's ``HARD_PROMPTS``; for each set, how many
 give identical ids, how many ftfy changes (ftfy has no C++ equivalent), and whether every difference
 is one of those and equals Python's ids with ftfy switched off. Needs ``make cpp``::
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         runtime = CppRuntime(tokenizer_bundle(Path(tmp) / "bundle", LONG), tokenizer_only=True)
-        sets = [parity(runtime, calibration_prompts(), "calibration/ (all splits)"),
+        sets = [parity(runtime, calibration_prompts(), "shipped prompt sets (all splits)"),
                 parity(runtime, list(HARD_PROMPTS), "tests/conftest.py HARD_PROMPTS")]
         runtime.close()
     env = environment(1)

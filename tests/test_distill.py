@@ -38,7 +38,7 @@ TINY_TEACHER = {"base": "sam3", "name": "tiny-sam3", "width": 32, "layers": 2, "
 
 
 def _lines(name: str, count: int, skip: int = 0) -> list[str]:
-    text = (REPO / "calibration" / f"{name}.txt").read_text(encoding="utf-8").split("\n")
+    text = (REPO / "edgeseg" / "data" / "prompts" / f"{name}.txt").read_text(encoding="utf-8").split("\n")
     return [t for t in text if t.strip()][skip : skip + count]
 
 
@@ -188,7 +188,9 @@ def test_run_writes_student_config_metrics_and_curves(reference_run, corpus, cap
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in metrics if m["kind"] == "eval"]
     assert [m["step"] for m in evals] == [0, 4, 8, 12]
-    assert evals[-1]["mean_cosine"] > evals[0]["mean_cosine"] + 0.2
+    assert evals[-1]["mean_cosine"] > evals[0]["mean_cosine"] + 0.2  # learning at all; quality: test_student_beats_*
+    assert evals[-1]["retrieval_chance"] == 1 / 24 and 0 <= evals[-1]["retrieval_top1"] <= 1
+    assert evals[-1]["baseline_retrieval_top1"] == evals[0]["baseline_retrieval_top1"]
     assert "random/synthetic" in evals[0]["weights"] and evals[0]["groups"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = _metadata(run / "student.safetensors")
@@ -196,6 +198,99 @@ def test_run_writes_student_config_metrics_and_curves(reference_run, corpus, cap
     # a finished run is not redone; other settings in the same folder are refused
     assert main(tiny_args(corpus, run, "--cache", str(run.parent / "cache"))) == 0
     assert "nothing to do" in capsys.readouterr().err
+
+
+# -- the student must beat every predictor that ignores its input ----------------------------------
+def assert_beats_baselines(entry: dict) -> None:
+    """What a distilled student must show on held-out prompts; a student that ignores its input fails it.
+
+    The per-position mean training target is the best prompt-independent predictor of token cosine; it
+    sees only each prompt's length (its padding), so its pooled retrieval is near chance (1/N).
+    """
+    assert entry["mean_cosine"] > entry["baseline_mean_cosine"] + 0.05, entry
+    assert entry["retrieval_top1"] >= 4 * entry["retrieval_chance"], entry
+    assert entry["retrieval_top1"] > entry["baseline_retrieval_top1"] + 0.1, entry
+
+
+def test_student_beats_the_prompt_independent_baseline(reference_run, corpus, tmp_path, capsys):
+    """A longer tiny run (60 steps, batch 16) on the reference run's teacher cache, 24 held-out prompts."""
+    run, _ = reference_run
+    args = tiny_args(corpus, tmp_path / "run", "--cache", str(run.parent / "cache"), steps=60)
+    args = [*args, "--batch-size", "16", "--lr", "5e-3", "--eval-every", "60", "--checkpoint-every", "60"]
+    assert main(args) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "retrieval top-1" in last and "chance 0.042" in last and "per-position mean predictor" in last
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    first, final = config["initial_eval"], config["final_eval"]
+    assert final["prompts"] == 24 and final["retrieval_chance"] == 1 / 24
+    assert_beats_baselines(final)
+    with pytest.raises(AssertionError):  # the untrained student does not
+        assert_beats_baselines(first)
+
+
+class _Pad0:
+    """Pad id 0, the cache's own (what a student's ``padding`` gives evaluate to re-pad ids with)."""
+
+    @staticmethod
+    def repad(ids):
+        return ids
+
+
+class _Fixed(torch.nn.Module):
+    """A "student" that ignores its input: the same memory for every prompt, padding from the ids."""
+
+    padding = _Pad0()
+
+    def __init__(self, memory: np.ndarray):
+        super().__init__()
+        self.register_buffer("memory", torch.from_numpy(memory.astype(np.float32)))
+
+    def forward(self, ids):
+        return self.memory.expand(ids.shape[0], -1, -1), ids == 0
+
+
+class _Lookup(torch.nn.Module):
+    """A perfect "student": the teacher's own memory of each prompt, looked up by its ids."""
+
+    padding = _Pad0()
+
+    def __init__(self, ids: np.ndarray, targets: np.ndarray):
+        super().__init__()
+        self.table = {tuple(row): torch.from_numpy(t.astype(np.float32)) for row, t in zip(ids.tolist(), targets)}
+
+    def forward(self, ids):
+        return torch.stack([self.table[tuple(row)] for row in ids.tolist()]), ids == 0
+
+
+def _synthetic(rng, count: int, length: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Ids with 3..length valid tokens and fp16 targets: a component shared by all prompts + their own."""
+    sizes = rng.integers(3, length + 1, size=count)
+    ids = np.where(np.arange(length) < sizes[:, None], rng.integers(1, 1000, size=(count, length)), 0)
+    shared = np.linspace(-1, 1, length * 256).reshape(length, 256)
+    return ids.astype(np.int64), (shared + 0.5 * rng.standard_normal((count, length, 256))).astype(np.float16)
+
+
+def test_the_check_fails_for_a_student_that_ignores_its_input():
+    from edgeseg.distill.train import baseline_metrics, evaluate
+
+    rng = np.random.default_rng(0)
+    train_ids, train_targets = _synthetic(rng, 64)
+    ids, targets = _synthetic(rng, 30)
+    valid = (train_ids != 0)[..., None]
+    mean = (train_targets.astype(np.float64) * valid).sum(0) / valid.sum(0)  # per-position mean, by hand
+    base = baseline_metrics(train_targets, train_ids, ids, targets)
+    ignoring = evaluate(_Fixed(mean), ids, targets, {}, 7, "cpu", False)
+    entry = {**ignoring, "baseline_mean_cosine": base["mean_cosine"], "baseline_retrieval_top1": base["retrieval_top1"]}
+    assert ignoring["retrieval_chance"] == 1 / 30
+    assert math.isclose(ignoring["mean_cosine"], base["mean_cosine"], abs_tol=1e-6)
+    assert ignoring["retrieval_top1"] == base["retrieval_top1"] < 4 / 30  # it tells prompts apart by length only
+    with pytest.raises(AssertionError):
+        assert_beats_baselines(entry)
+    # the same check passes for a student that reproduces the teacher (cosine 1, every prompt retrieved)
+    perfect = evaluate(_Lookup(ids, targets), ids, targets, {}, 7, "cpu", False)
+    assert math.isclose(perfect["mean_cosine"], 1.0, abs_tol=1e-9) and perfect["retrieval_top1"] == 1.0
+    assert_beats_baselines({**perfect, "baseline_mean_cosine": base["mean_cosine"],
+                            "baseline_retrieval_top1": base["retrieval_top1"]})
 
 
 def test_sigkill_and_restart_gives_bit_identical_weights(reference_run, corpus, tmp_path):
@@ -329,6 +424,45 @@ def _expect_error(args: list[str], match: str, capsys, out: Path) -> None:
     assert not out.exists(), "a failed run must leave no run folder"
 
 
+def test_held_out_prompts_are_dropped_from_a_user_corpus(corpus, tmp_path):
+    """Prompts equal (after normalization) to eval, reference or --eval-prompts prompts are not trained on."""
+    from edgeseg.corpus import normalize_prompt
+    from edgeseg.distill.train import DistillConfig, prepare_prompts
+
+    train = _lines("distill", 40)
+    shipped_eval, reference = _lines("eval", 1, skip=100)[0], _lines("reference", 1, skip=7)[0]
+    own_eval = _lines("distill", 1, skip=500)[0]
+    path = tmp_path / "user.txt"
+    path.write_text("\n".join([*train, f"  {shipped_eval.upper()} ", reference, own_eval]) + "\n", encoding="utf-8")
+    own = tmp_path / "own_eval.txt"
+    own.write_text(own_eval + "\n", encoding="utf-8")
+    expected = {normalize_prompt(t) for t in (shipped_eval, reference, own_eval)}
+    for eval_file, dropped in ((None, expected - {normalize_prompt(own_eval)}), (str(own), expected)):
+        notes: list[str] = []
+        cfg = DistillConfig(student="mobileclip-s0", out=str(tmp_path / "run"), prompts=[str(path)],
+                            eval_prompts=eval_file)
+        prompts = prepare_prompts(cfg, notes.append)
+        assert set(prompts.dropped) == dropped and set(prompts.train.normalized) & expected == expected - dropped
+        assert len(prompts.train.normalized) == len(train) + 3 - len(dropped)
+        assert len(notes) == 1 and f"dropped {len(dropped)} training prompt(s)" in notes[0], notes
+        if eval_file:
+            assert prompts.eval.normalized == [normalize_prompt(own_eval)]
+
+
+def test_dropped_prompts_are_counted_in_config_and_report(corpus, tmp_path):
+    train = tmp_path / "train.txt"
+    extra = [_lines("eval", 1, skip=3)[0].upper(), _lines("reference", 1)[0], _lines("eval", 1)[0]]
+    train.write_text(corpus["train"].read_text() + "\n".join(extra) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args({"train": train, "eval": corpus["eval"]}, out, steps=2))
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped 3 training prompt(s) that are held-out prompts" in proc.stderr
+    assert "3 held-out prompt(s) dropped from training" in proc.stderr.strip().splitlines()[-1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["dropped_held_out"]["count"] == 3 and len(config["dropped_held_out"]["examples"]) == 3
+    assert config["train_prompts"] == 96 and config["eval_prompts"] == 24
+
+
 def test_bad_inputs_exit_2_with_one_line_and_nothing_written(corpus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     base = ["distill", "--prompts", str(corpus["train"]), "--eval-prompts", str(corpus["eval"]), "--out", str(out)]
@@ -343,13 +477,10 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(corpus, tmp_path, c
     (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
     _expect_error(["distill", "--student", "mobileclip-s0", "--prompts", str(tmp_path / "empty.txt"),
                    "--out", str(out)], "holds no prompts", capsys, out)
-    overlap = tmp_path / "overlap.txt"
-    overlap.write_text(corpus["train"].read_text() + _lines("eval", 1)[0].upper() + "\n", encoding="utf-8")
-    _expect_error(["distill", "--student", "mobileclip-s0", "--prompts", str(overlap), "--out", str(out)],
-                  "also eval prompts", capsys, out)
-    # with a custom eval set, the shipped eval split stays untrainable too
-    overlap.write_text(corpus["train"].read_text() + _lines("eval", 1, skip=100)[0] + "\n", encoding="utf-8")
-    _expect_error([*base, "--student", "mobileclip-s0", "--prompts", str(overlap)], "also eval prompts", capsys, out)
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("\n".join([*_lines("eval", 3), *_lines("reference", 2)]) + "\n", encoding="utf-8")
+    _expect_error(["distill", "--student", "mobileclip-s0", "--prompts", str(held_out), "--out", str(out)],
+                  "once its 5 held-out prompt(s) are dropped", capsys, out)
     _expect_error(["distill", "--student", "mobileclip-s0", "--out", str(tmp_path / "no" / "run")],
                   "does not exist", capsys, tmp_path / "no")
 

@@ -84,6 +84,10 @@ class BenchOptions:
     image_model: Any = None
     resolution: int | None = None
     gemm_measure: Callable[..., dict[str, Any]] | None = None  # replaces edgeseg.bench.gemm.gemm_rates (tests)
+    # --video (edgeseg.bench.video): a clip or frames folder, the frames used, an injected video model
+    video: Path | None = None
+    video_frames: int = 8
+    video_model: Any = None
 
 
 @dataclass
@@ -153,6 +157,10 @@ def prepare(opts: BenchOptions) -> tuple[list[Resolved], list[Any] | None]:
     """Every check on the inputs that needs no model: candidates, baseline, images and prompts, output folder."""
     resolved = resolve_candidates(opts)
     images = None if opts.skip_segmentation else load_images(opts)
+    if opts.video is not None:
+        from edgeseg.bench.video import load_clip
+
+        load_clip(opts.video, opts.video_frames)  # decodable, before any long work
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise EdgesegError(f"--out {out} exists and is not a folder")
@@ -225,6 +233,7 @@ PHASES: list[tuple[str, Callable[[Run], Any]]] = [
     ("accuracy", phases.accuracy_phase),
     ("fidelity", phases.fidelity_phase),
     ("segmentation", phases.segmentation_phase),
+    ("video", phases.video_step),
 ]
 #: optional sections (name -> step) run after :data:`PHASES`; a step returning None adds nothing
 SECTIONS: dict[str, Callable[[Run], dict[str, Any] | None]] = {}

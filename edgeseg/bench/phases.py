@@ -260,6 +260,16 @@ def segmentation_phase(run: Run) -> dict[str, Any]:
     return seg
 
 
+def video_step(run: Run) -> dict[str, Any] | None:
+    """``--video``: tracking agreement through Meta's SAM3 video model (:mod:`edgeseg.bench.video`)."""
+    if run.opts.video is None:
+        return None
+    from edgeseg.bench.video import video_phase
+
+    keys = list(run.models)  # every model is a text source (Model.encode); the baseline first
+    return video_phase(run.opts, run.teacher, keys, {}, run.models, lambda message: log.info("%s", message))
+
+
 def end_to_end(seg: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """Image encoder, text encoder and grounding heads' share of one image and one prompt."""
     timing = seg["timing"]

@@ -14,6 +14,7 @@ from edgeseg.cli.common import (
     _note,
     cli,
 )
+from edgeseg.errors import require_extra
 
 
 @cli.group(invoke_without_command=True)
@@ -23,9 +24,12 @@ from edgeseg.cli.common import (
 @click.option("--context-length", type=int, default=16, show_default=True,
               help="Student context length; the teacher's targets are computed on the same ids.")
 @click.option("--prompts", "prompts_files", multiple=True, type=click.Path(path_type=Path),
-              help="Training prompts (repeat for several files; default: calibration/distill.txt). " + PROMPTS_HELP)
+              help="Training prompts (repeat for several files; default: the shipped distill split). Prompts that "
+                   "equal a held-out prompt after normalization (the eval set, edgeseg's eval and reference splits) "
+                   "are dropped from training with a note; config.json counts them. " + PROMPTS_HELP)
 @click.option("--eval-prompts", type=click.Path(path_type=Path), default=None,
-              help="Held-out prompts (default: calibration/eval.txt); a training corpus overlapping them is refused.")
+              help="Your own held-out prompts to evaluate on (default: the shipped eval split); training prompts "
+                   "equal to one of them are dropped.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Train on at most N prompts of the corpus (lowest prompt-hash first).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -89,23 +93,22 @@ def distill(ctx: click.Context, **opts) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from edgeseg.distill import DistillConfig
-    from edgeseg.distill import distill as run_distill
-
     if opts["student"] is None or opts["out"] is None:
         raise click.UsageError("edgeseg distill needs --student NAME and --out RUNDIR")
+    require_extra("edgeseg distill", "build", "torch", "safetensors")
+    from edgeseg.distill import DistillConfig
+    from edgeseg.distill import distill as run_distill
+    from edgeseg.distill.train import summary_line
+
     student_config = _json_option(opts.pop("student_config"), "--student-config")
     teacher_config = _json_option(opts.pop("teacher_config"), "--teacher-config")
     prompts = [str(p) for p in opts.pop("prompts_files")]
     paths = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
     cfg = DistillConfig(prompts=prompts, student_config=student_config, teacher_config=teacher_config, **paths)
     summary = run_distill(cfg, note=_note)
-    final = summary.get("final_eval") or {}
-    first = summary.get("initial_eval") or {}
-    if final:
-        tag = " (random/synthetic teacher weights)" if summary.get("random_teacher") else ""
-        _note(f"eval mean token cosine {first.get('mean_cosine', float('nan')):.4f} -> {final['mean_cosine']:.4f}, "
-              f"worst prompt {final['worst_cosine']:.4f}{tag}; wrote {cfg.out}/student.safetensors")
+    line = summary_line(summary, cfg.out)
+    if line:
+        _note(line)
 
 
 @distill.command("splice")
@@ -119,6 +122,7 @@ def distill_splice(sam3_path: Path, student_path: Path, out: Path) -> None:
     The student's 16 position rows are rows 0..15 of the 77-row table: load the result with
     `--position-table slice` (efficientsam3's inference code slices too).
     """
+    require_extra("edgeseg distill splice", "build", "torch", "safetensors")
     from edgeseg.distill import splice_student
 
     info = splice_student(sam3_path, student_path, out)

@@ -68,6 +68,9 @@ class Prompts:
     evaluation: Sequence[str] | None = None
     #: INT8 step: keep the token-embedding table FP32 (default: INT8 rows, read as EMBEDDING_FORM[target])
     float_embedding: bool = False
+    #: Core ML: prompts whose outputs the bundle ships in a prompt bank (edgeseg.bank), and its dtype
+    bank: Sequence[str] | None = None
+    bank_dtype: str = "float32"
 
 
 @dataclass
@@ -102,12 +105,15 @@ def check_tensorrt_version(target: str, version: str | None) -> None:
 
 
 def preflight(target: str, precision: str, from_bundle: bool, w8a8: bool = False,
-              jetson_probe: Callable[[], bool] | None = None, tensorrt_version: str | None = None) -> dict[str, Any]:
+              jetson_probe: Callable[[], bool] | None = None, tensorrt_version: str | None = None,
+              bank: bool = False) -> dict[str, Any]:
     """Check what the target needs before any work; raises :class:`EdgesegError` with one line."""
     if target not in TARGETS:
         raise EdgesegError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if w8a8 and target != "coreml":
         raise EdgesegError("--w8a8 applies to --target coreml only")
+    if bank and target != "coreml":
+        raise EdgesegError("--bank-prompts applies to --target coreml (for other bundles: edgeseg bank build)")
     check_tensorrt_version(target, tensorrt_version)
     facts: dict[str, Any] = {"on_jetson": False}
     if target == "coreml":
@@ -187,7 +193,7 @@ def build(
     bundle_manifest = verify_bundle(bundle) if bundle is not None else None
     precision = resolve_precision(target, precision, bundle_manifest)
     facts = facts if facts is not None else preflight(target, precision, bundle is not None, w8a8,
-                                                      tensorrt_version=engine.tensorrt_version)
+                                                      tensorrt_version=engine.tensorrt_version, bank=bool(prompts.bank))
     name = model.name if model is not None else bundle_manifest["encoder"]
     context = model.context_length if model is not None else bundle_manifest["context_length"]
     header = _header(name, out, target, precision, max_batch, context)
@@ -201,7 +207,8 @@ def build(
         manifest, target_rows = coreml_bundle(model, out, precision, max_batch, prompts.reference, source or {},
                                               w8a8=w8a8, extra=build_info, progress=say,
                                               calibration=prompts.calibration, evaluation=prompts.evaluation,
-                                              calibration_name=prompts.calibration_name)
+                                              calibration_name=prompts.calibration_name,
+                                              bank=prompts.bank, bank_dtype=prompts.bank_dtype)
         return BuildResult(manifest, header + target_rows + _size_rows(manifest))
 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
