@@ -107,7 +107,7 @@ def test_outputs_and_schema(tiny_run):
     assert on_disk["baselines"] == KEYS[:4]
     assert on_disk["checkpoints"]["sam3-fp32"] == "random"
     assert set(on_disk["phase_wall_s"]) == {"load_s", "latency_s", "efficiency_s", "memory_s", "accuracy_s",
-                                            "fidelity_s", "segmentation_s", "extra_s"}
+                                            "fidelity_s", "segmentation_s", "video_s", "extra_s"}
     assert on_disk["extra"] == {"models": len(KEYS)}
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "RANDOM/SYNTHETIC WEIGHTS" in report and "## Segmentation" in report and "## Bars" in report

@@ -95,7 +95,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
         _bank_phase(*bank_job, out, threads)
     from edgeseg.bench.bars import failed
 
-    for name in failed(results["bars"]):
+    for name in failed(results.get("bars", [])):
         _note(f"bar not met: {name}")
 
 
