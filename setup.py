@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["edgeseg", "edgeseg.*"]),
-    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt", "bench/*.json"]},
+    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt", "bench/*.json",
+                              "manifest.schema.json"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "numpy",
@@ -21,6 +22,7 @@ setup(
         "ftfy",
         "regex",
         "safetensors",
+        "jsonschema>=4.18",  # bundle manifests (edgeseg/manifest.schema.json)
         "tqdm",
         "matplotlib",  # PNG plots of analyze/bench reports (imported lazily)
     ],

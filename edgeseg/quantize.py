@@ -56,11 +56,13 @@ from edgeseg.bundle import (
     inherited,
     load_reference,
     model_files,
+    onnx_for_reading,
     save_reference,
     tool_versions,
     verify_bundle,
 )
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import work_dir
 from edgeseg.outputs import cosine, pooled, token_fidelity
 from edgeseg.tokenizer import VOCAB_SIZE
 from edgeseg.vocab import PRUNED_VOCAB_FILENAME, PrunedVocabulary, md5_file, prune_vocabulary
@@ -463,14 +465,16 @@ def quantize_bundle(
     length = int(manifest["context_length"])
     tokenizer = bundle_tokenizer(src, manifest)
     eval_ids = tokenizer(list(eval_prompts), length).ids
-    fp32 = src / manifest["model"]
 
-    with bundle_writer(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
-        work = Path(work)
+    with bundle_writer(out) as tmp, work_dir(out) as work:
+        fp32 = onnx_for_reading(src, manifest, work)
         cache = work / "calibration_cache.json"
         model_path = tmp / MODEL_FILE
         say(f"running FP32 reference on {len(eval_ids)} evaluation prompts")
         ref_memory, ref_mask = _run(fp32, eval_ids, threads)
+        if not np.isfinite(ref_memory).all():
+            raise EdgesegError(f"{src} gives non-finite outputs (NaN or Inf) on the evaluation prompts: nothing to "
+                               "quantize against")
         candidates = weight_bearing_nodes(onnx.load(str(fp32), load_external_data=False))
         pruned: PrunedVocabulary | None = None
         fp32_work, cand_tokenizer, vocab_rows = fp32, tokenizer, VOCAB_SIZE

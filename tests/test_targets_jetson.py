@@ -81,7 +81,7 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     manifest = verify_bundle(out)
     assert manifest == result.manifest
     assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz",
-                                      "build_engine.py"}
+                                      "build_engine.py", "bundlecheck.py", "manifest.schema.json"}
     assert (manifest["target"], manifest["backend"], manifest["model"], manifest["precision"]) == (
         "jetson", "onnxruntime", "model.onnx", "int8")
     engine = manifest["engine"]
@@ -162,7 +162,15 @@ def test_script_imports_only_numpy_tensorrt_polygraphy_and_stdlib(int8_build):
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
-    assert roots - set(sys.stdlib_module_names) == {"numpy", "tensorrt", "polygraphy"}
+    # edgeseg only when imported by edgeseg itself; on the device the bundle rules come from bundlecheck.py
+    assert roots - set(sys.stdlib_module_names) == {"numpy", "tensorrt", "polygraphy", "edgeseg"}
+    checker = set()
+    for node in ast.walk(ast.parse((out / "bundlecheck.py").read_text())):
+        if isinstance(node, ast.Import):
+            checker |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            checker.add(node.module.split(".")[0])
+    assert checker - set(sys.stdlib_module_names) == {"jsonschema"}  # optional: used when installed
     code = ("import runpy, sys; sys.argv = ['build_engine.py', '--dry-run']\n"
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
             "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'edgeseg', 'onnx'}), rc)")

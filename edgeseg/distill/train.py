@@ -282,10 +282,23 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sc
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint.pt, read with weights_only=True and checked (structure, finite weights)."""
+    from edgeseg.checkpoints import _torch_load, check_finite
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise EdgesegError(f"cannot resume from {path}: the checkpoint is corrupt ({exc}); remove it") from exc
+        payload = _torch_load(path)  # weights_only=True; pickled code is refused, never run
+    except EdgesegError as exc:
+        raise EdgesegError(f"cannot resume: {exc}; remove it") from exc
+    try:
+        config = json.loads(payload["config"])
+        valid = payload["format"] == "edgeseg-distill-checkpoint/1" and isinstance(config, dict) and \
+            type(payload["step"]) is int and all(isinstance(payload[k], dict) for k in ("model", "optimizer", "rng"))
+    except (TypeError, KeyError, IndexError, ValueError):
+        valid = False
+    if not valid:
+        raise EdgesegError(f"cannot resume from {path}: it is not an edgeseg distill checkpoint; remove it")
+    check_finite(payload["model"], path)
+    return payload
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -567,10 +580,14 @@ def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> di
     opt, sched = make_optimizer(student, cfg)
     start = 0
     if resume is not None:
-        student.load_state_dict(resume["model"], strict=True)
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
+        try:
+            student.load_state_dict(resume["model"], strict=True)
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            set_rng_state(resume["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise EdgesegError(f"cannot resume from {ckpt_path}: it does not fit this run ({str(exc)[:200]}); "
+                               "remove it") from exc
         start = int(resume["step"])
         if dist.rank == 0:
             note(f"resuming {out} from step {start} of {cfg.steps}")

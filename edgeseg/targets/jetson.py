@@ -38,7 +38,7 @@ from edgeseg.bundle import (
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 from edgeseg.targets import tensorrt as trt_target
-from edgeseg.targets.jetson_kit import SCRIPT
+from edgeseg.targets.jetson_kit import CHECKER, SCRIPT
 from edgeseg.targets.jetson_kit import build_engine as kit
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ def device_bundle(
         copy_files(tmp, stage, manifest)
         copy_into(tmp, SCRIPT, trt_target.SCRIPT_NAME)
         os.chmod(tmp / trt_target.SCRIPT_NAME, 0o755)
+        for support in CHECKER:  # the bundle rules the script applies (standard library only)
+            copy_into(tmp, support)
         say("checking the ONNX with ONNX Runtime on this host against the recorded FP32 outputs")
         check = host_check(tmp, manifest, threads)
         if not check["passed"]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 from edgeseg.bundle import check_bundle_target, model_files, verify_bundle
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import work_dir
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +177,7 @@ def build(
         return BuildResult(manifest, _header(name, out, target, precision, max_batch, context) + target_rows
                            + _size_rows(manifest))
 
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-    try:
+    with work_dir(out) as work:
         if model is not None:
             from edgeseg.export import export_bundle
 
@@ -233,8 +231,6 @@ def build(
             from edgeseg.targets.jetson import device_bundle
 
             manifest, target_rows = device_bundle(stage, out, max_batch, options, build_info, threads, say)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     rows = _header(name, out, target, precision, max_batch, context) + rows + target_rows + _size_rows(manifest)
     return BuildResult(manifest, [r for r in rows if r[0] != "next"] + [r for r in rows if r[0] == "next"])
 

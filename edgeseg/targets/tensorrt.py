@@ -41,7 +41,7 @@ from edgeseg.bundle import (
     verify_bundle,
 )
 from edgeseg.errors import EdgesegError
-from edgeseg.targets.jetson_kit import SCRIPT
+from edgeseg.targets.jetson_kit import CHECKER, SCRIPT
 from edgeseg.targets.jetson_kit import build_engine as kit
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,8 @@ def build_engine_bundle(
     with bundle_writer(out) as tmp:
         copy_files(tmp, stage, manifest)
         copy_into(tmp, SCRIPT, SCRIPT_NAME)
+        for support in CHECKER:  # the bundle rules build_engine.py applies
+            copy_into(tmp, support)
         say(f"building a strongly typed {precision} TensorRT {trt.__version__} engine on {gpu['name']} "
             f"(batch 1..{max_batch})")
         from polygraphy.logger import G_LOGGER

@@ -8,3 +8,5 @@ the script does on the device; :data:`SCRIPT` is the file copied into bundles.
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("build_engine.py")
+#: copied beside the script: the bundle rules it checks (edgeseg's own, standard library only) and their schema
+CHECKER = (Path(__file__).parents[2] / "bundlecheck.py", Path(__file__).parents[2] / "manifest.schema.json")
