@@ -247,7 +247,7 @@ def reference_entry(prompts: int) -> dict[str, Any]:
 
 #: what a bundle's reference.npz must hold: name -> (dtype kinds, rank); at most MAX_REFERENCE_BYTES in all
 REFERENCE_ARRAYS = {"prompts": ("U", 1), "input_ids": ("i", 2), "memory": ("f", 3), "mask": ("b", 2)}
-MAX_REFERENCE_BYTES = 1 << 30
+MAX_REFERENCE_BYTES = 256 << 20
 
 
 def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:

@@ -84,7 +84,8 @@ def _real(path: Path) -> str:
 
 
 def check_not_an_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse an output that is one of the inputs (through symlinks and hard links), holds one, or is inside one."""
+    """Refuse an output that is one of the inputs (through symlinks and hard links), holds one, or is inside an
+    input bundle."""
     out = Path(out)
     real_out = _real(out)
     for item in inputs:
@@ -97,8 +98,9 @@ def check_not_an_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLik
             raise EdgesegError(f"--out {printable(out)} is the input {printable(item)}: refusing to overwrite it")
         if real_in.startswith(real_out.rstrip(os.sep) + os.sep):
             raise EdgesegError(f"--out {printable(out)} holds the input {printable(item)}: refusing to replace it")
-        if item.is_dir() and real_out.startswith(real_in.rstrip(os.sep) + os.sep):
-            raise EdgesegError(f"--out {printable(out)} is inside the input {printable(item)}: refusing to change it")
+        if (item / "manifest.json").is_file() and real_out.startswith(real_in.rstrip(os.sep) + os.sep):
+            raise EdgesegError(f"--out {printable(out)} is inside the input bundle {printable(item)}: refusing to "
+                               "change it")
 
 
 def _alive(pid: int) -> bool:
@@ -201,14 +203,16 @@ def work_dir(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-#: the largest prompts file read (a 10 MB line still fits)
+#: the largest prompts file read (a 10 MB line still fits), and the most lines in it
 MAX_PROMPTS_BYTES = 256 << 20
+MAX_PROMPTS = 1_000_000
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts from a UTF-8 text file, one per line; blank lines are skipped.
 
-    A missing, unreadable, non-UTF-8, prompt-less or huge file (over :data:`MAX_PROMPTS_BYTES`),
+    A missing, unreadable, non-UTF-8, prompt-less or huge file (over :data:`MAX_PROMPTS_BYTES` or
+    :data:`MAX_PROMPTS` lines),
     or anything but a regular file (a FIFO, a device), is a user error (:class:`EdgesegError`).
     """
     path = Path(path)
@@ -224,6 +228,8 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
         raise EdgesegError(f"cannot read prompts file {shown}: {exc.strerror}") from exc
     if len(data) > MAX_PROMPTS_BYTES:
         raise EdgesegError(f"prompts file {shown} is larger than {MAX_PROMPTS_BYTES >> 20} MiB")
+    if data.count(b"\n") > MAX_PROMPTS:
+        raise EdgesegError(f"prompts file {shown} has more than {MAX_PROMPTS:,} lines; split it")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

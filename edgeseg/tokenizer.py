@@ -46,9 +46,11 @@ EOT_ID = 49407
 PAD_ID = 0
 VOCAB_SIZE = 49408
 NUM_MERGES = 49152 - 256 - 2  # 48,894 merge lines are used, after the header line
+MAX_MERGES = (1 << 16) - 512 - 2  # ids (512 + merges + SOT/EOT) are packed as 16-bit pairs
 VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_MD5 = "933b7abbbbde62c36f02f0e6ccde464f"
-MAX_VOCAB_LINE = 1 << 16  # a merge line is "a b" with tokens of a few dozen characters
+MAX_VOCAB_LINE = 4096  # a merge line is "a b" with tokens of a few dozen characters
+MAX_TOKEN_BYTES = 256  # CLIP's longest token has 32 bytes; longer ones would loosen the bounded-work cap
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 #: the longest context edgeseg packs prompts to (CLIP's table has 77 rows; SAM3 uses 32, the students 16)
 MAX_CONTEXT_LENGTH = 512
@@ -130,6 +132,8 @@ class Tokenizer:
         # A pruned vocabulary (edgeseg.vocab) keeps fewer merges; ids stay "bytes, bytes</w>, one
         # per merge, SOT, EOT", so SOT/EOT move down and the pad id stays 0.
         self.num_merges = NUM_MERGES if num_merges is None else int(num_merges)
+        if not 0 <= self.num_merges <= MAX_MERGES:
+            raise ValueError(f"num_merges must be 0..{MAX_MERGES} (ids are 16-bit), got {self.num_merges}")
         self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         # BPE runs on ids, not strings: a merge's product is the id 512 + its rank, and the merge
@@ -308,6 +312,8 @@ def _pair_ranks(path: str, num_merges: int) -> tuple[dict[int, int], int]:
         keys[rank] = a << 16 | b
         ids[merged] = 512 + rank
         longest = max(longest, len(merged.removesuffix("</w>")))  # one character per byte
+    if longest > MAX_TOKEN_BYTES:
+        raise ValueError(f"{path} is not a CLIP BPE vocabulary: a token of {longest} bytes (at most {MAX_TOKEN_BYTES})")
     del ids
     return dict(zip(keys.tolist(), range(num_merges))), longest
 

@@ -44,6 +44,7 @@ constexpr int64_t kMaxManifestBytes = 1 << 20;
 constexpr int kMaxDepth = 32;
 constexpr int64_t kMaxContext = 512;  // edgeseg/tokenizer.py MAX_CONTEXT_LENGTH
 constexpr size_t kMaxName = 4096;
+constexpr int64_t kMaxTokenId = 65535;  // manifest.schema.json: ids fit 16 bits
 constexpr int64_t kMaxBytes = (int64_t{1} << 53) - 1;
 constexpr const char* kRequired[] = {"format", "format_version", "encoder", "context_length", "precision", "target",
                                      "backend", "model", "inputs", "outputs", "tokenizer", "files"};
@@ -249,9 +250,9 @@ void check_sections(const json& m, const std::string& where) {
   if (!tok.is_object()) bad(where + ": field 'tokenizer' must be an object");
   const std::string tw = where + " tokenizer";
   need_string(tok, "vocab", tw);
-  for (const char* key : {"sot_id", "eot_id", "pad_id"}) optional_int(tok, key, tw, 0, INT32_MAX, 0);
-  optional_int(tok, "vocab_size", tw, 514, 10000000, 0);
-  optional_int(tok, "num_merges", tw, 0, 10000000, 0);
+  for (const char* key : {"sot_id", "eot_id", "pad_id"}) optional_int(tok, key, tw, 0, kMaxTokenId, 0);
+  optional_int(tok, "vocab_size", tw, 514, kMaxTokenId + 1, 0);
+  optional_int(tok, "num_merges", tw, 0, kMaxTokenId + 1 - 514, 0);
   need_kind(tok, "cleaning", tw, &json::is_string, "a string");
   for (const char* key : {"reference", "engine", "tensorrt", "coreml", "bank"}) {
     need_kind(m, key, where, &json::is_object, "an object");
@@ -634,11 +635,12 @@ Bundle read_bundle(const std::string& dir_in, bool verify) {
   bundle.mask_name = m["outputs"][1]["name"].get<std::string>();
   bundle.output_dim = m["outputs"][0]["shape"][2].get<int64_t>();
   bundle.tokenizer.vocab_path = dir + "/" + tok["vocab"].get<std::string>();
-  bundle.tokenizer.sot_id = optional_int(tok, "sot_id", where, 0, INT32_MAX, -1);
-  bundle.tokenizer.eot_id = optional_int(tok, "eot_id", where, 0, INT32_MAX, -1);
-  bundle.tokenizer.pad_id = optional_int(tok, "pad_id", where, 0, INT32_MAX, 0);
-  bundle.tokenizer.vocab_size = optional_int(tok, "vocab_size", where, 514, 10000000, -1);
-  bundle.tokenizer.num_merges = optional_int(tok, "num_merges", where, 0, 10000000, bundle.tokenizer.num_merges);
+  bundle.tokenizer.sot_id = optional_int(tok, "sot_id", where, 0, kMaxTokenId, -1);
+  bundle.tokenizer.eot_id = optional_int(tok, "eot_id", where, 0, kMaxTokenId, -1);
+  bundle.tokenizer.pad_id = optional_int(tok, "pad_id", where, 0, kMaxTokenId, 0);
+  bundle.tokenizer.vocab_size = optional_int(tok, "vocab_size", where, 514, kMaxTokenId + 1, -1);
+  bundle.tokenizer.num_merges = optional_int(tok, "num_merges", where, 0, kMaxTokenId + 1 - 514,
+                                             bundle.tokenizer.num_merges);
   bundle.tokenizer.context_length = bundle.context_length;
   if (bundle.backend == "tensorrt") fill_tensorrt(m, where, &bundle);
   return bundle;

@@ -31,6 +31,7 @@ constexpr size_t kMaxCacheEntries = 1 << 18;
 // and only the first max_word_bytes_ (longest token x (kMaxContext + 1)) bytes of a word are merged. Neither
 // changes the ids of a prompt that fits a context of at most kMaxContext.
 constexpr int64_t kMaxContext = 512;
+constexpr size_t kMaxTokenBytes = 256;  // CLIP's longest token has 32
 
 std::string read_gzip(const std::string& path) {
   gzFile file = gzopen(path.c_str(), "rb");
@@ -47,6 +48,10 @@ std::string read_gzip(const std::string& path) {
     }
     if (n == 0) break;
     data.append(buffer, static_cast<size_t>(n));
+    if (data.size() > (size_t{64} << 20)) {  // CLIP's full file is 1.6 MB: this is a decompression bomb
+      gzclose(file);
+      fail(EDGESEG_ERROR_BUNDLE, "tokenizer vocabulary " + path + " is larger than 64 MiB uncompressed");
+    }
   }
   gzclose(file);
   return data;
@@ -403,6 +408,10 @@ Tokenizer::Tokenizer(const TokenizerSpec& spec)
     const size_t chars = decode_utf8(t).size();
     const bool end = t.size() >= 4 && t.compare(t.size() - 4, 4, "</w>") == 0;
     longest = std::max(longest, end ? chars - 4 : chars);
+  }
+  if (longest > kMaxTokenBytes) {
+    fail(EDGESEG_ERROR_BUNDLE, spec.vocab_path + " is not a CLIP BPE vocabulary (a token of " + std::to_string(longest) +
+                                   " bytes; at most " + std::to_string(kMaxTokenBytes) + ")");
   }
   max_word_bytes_ = longest * static_cast<size_t>(kMaxContext + 1);
   for (const char* special : kSpecialTokens) tokens_.emplace_back(special);
