@@ -124,6 +124,23 @@ def _inside(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def read_bounded(path: str | os.PathLike, limit: int, shown: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (never a FIFO or device: nothing blocks)."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{shown} is not a regular file")
+        if info.st_size > limit:
+            raise BundleError(f"{shown} is {info.st_size} bytes; the limit is {limit}")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read {shown}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise BundleError(f"{shown} is larger than {limit} bytes")
+    return data
+
+
 def read_json_file(root: str, name: str, shown: str, limit: int = MAX_MANIFEST_BYTES):
     """A JSON file of the bundle (``root`` is its real path; ``shown`` names it in messages), with the
     limits of :func:`parse_json`."""
@@ -133,18 +150,7 @@ def read_json_file(root: str, name: str, shown: str, limit: int = MAX_MANIFEST_B
     real = os.path.realpath(path)
     if not _inside(root, real):
         raise BundleError(f"{shown} is a link that leaves the bundle")
-    try:
-        info = os.stat(real)
-        if not stat.S_ISREG(info.st_mode):
-            raise BundleError(f"{shown} is not a regular file")
-        if info.st_size > limit:
-            raise BundleError(f"{shown} is {info.st_size} bytes; the limit is {limit}")
-        with open(real, "rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise BundleError(f"cannot read {shown}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise BundleError(f"{shown} is larger than {limit} bytes")
+    data = read_bounded(real, limit, shown)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -193,7 +199,7 @@ def describe(keyword: str, rule, value) -> str:
         missing = [k for k in rule if k not in value]
         return f"lacks required field(s): {', '.join(missing)}"
     if keyword == "additionalProperties":
-        return f"has a field that is not allowed here ({shown})"
+        return "has a field that is not allowed here"
     if keyword in ("minimum", "maximum"):
         return f"{shown} is out of range ({'at least' if keyword == 'minimum' else 'at most'} {rule})"
     if keyword in ("minItems", "maxItems", "minLength", "maxLength", "maxProperties"):
@@ -247,7 +253,7 @@ def _object_violation(schema: dict, value: dict, root: dict, path: tuple):
         if found is None and key in properties:
             found = _violation(properties[key], item, root, (*path, key))
         elif found is None and extra is False:
-            found = ((*path, key), "additionalProperties", False, key)
+            found = (path, "additionalProperties", False, value)  # where jsonschema reports it: the object
         elif found is None and isinstance(extra, dict):
             found = _violation(extra, item, root, (*path, key))
         if found:

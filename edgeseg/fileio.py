@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from edgeseg.bundlecheck import printable
+from edgeseg.bundlecheck import BundleError, printable, read_bounded
 from edgeseg.bundlecheck import sha256_file as sha256_file  # re-exported: one implementation
 from edgeseg.errors import EdgesegError
 
@@ -219,15 +219,10 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     shown = printable(path)
     if not path.exists():
         raise EdgesegError(f"prompts file {shown} does not exist")
-    if not path.is_file():
-        raise EdgesegError(f"prompts file {shown} is not a regular file")
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_PROMPTS_BYTES + 1)
-    except OSError as exc:
-        raise EdgesegError(f"cannot read prompts file {shown}: {exc.strerror}") from exc
-    if len(data) > MAX_PROMPTS_BYTES:
-        raise EdgesegError(f"prompts file {shown} is larger than {MAX_PROMPTS_BYTES >> 20} MiB")
+        data = read_bounded(path, MAX_PROMPTS_BYTES, f"prompts file {shown}")
+    except BundleError as exc:
+        raise EdgesegError(str(exc)) from None
     if data.count(b"\n") > MAX_PROMPTS:
         raise EdgesegError(f"prompts file {shown} has more than {MAX_PROMPTS:,} lines; split it")
     try:

@@ -661,3 +661,23 @@ def test_prompt_files_that_are_not_text_are_one_line(cli, work, kind):
         path.write_bytes(bytes(range(256)))
     refused(cli("tokenize", "--prompts", path, "--out", work["out"] / "x.npz"), "prompts file")
     nothing_left(work["out"])
+
+
+def test_the_cpp_runtime_bounds_work_the_same_way(tmp_path):
+    """Long words and prompts: the C++ tokenizer gives Python's ids and lengths (same caps, same rule)."""
+    from test_engines import CppRuntime, require_build, tokenizer_bundle
+
+    require_build()
+    letters = bytes(ord("a") + i % 26 for i in range(256))
+    rng = random.Random(5)
+    prompts = [rng.randbytes(40_000).translate(letters).decode(),  # one word beyond the 32 x 513-byte cap
+               "a dog " * 400,  # more than 512 tokens
+               "x" * 16_416 + " dog", "red car"]
+    runtime = CppRuntime(tokenizer_bundle(tmp_path / "b", 512), tokenizer_only=True)
+    try:
+        ids, lengths = runtime.tokenize(prompts)
+    finally:
+        runtime.close()
+    batch = Tokenizer(default_vocab_path(), 512)(prompts)
+    assert np.array_equal(ids, batch.ids) and np.array_equal(lengths, batch.lengths)
+    assert lengths.tolist()[1] == 512 + 1 + 2 and lengths.tolist()[3] == 4

@@ -529,7 +529,11 @@ def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> di
             raise EdgesegError(f"{out} holds a run with other settings ({', '.join(diff)}); use the same options "
                                "to resume it, or another --out")
     if (out / STUDENT).exists() and resume is not None and int(resume["step"]) >= cfg.steps:
-        summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        try:
+            summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EdgesegError(f"{out / CONFIG} cannot be read ({exc}); remove the run folder or use another --out") \
+                from exc
         if dist.rank == 0:
             note(f"{out} already holds the finished run ({cfg.steps} steps); nothing to do")
         return summary
@@ -705,7 +709,11 @@ def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> di
         save_encoder(student, out / STUDENT)
         plot()
         evals = [m for m in metrics if m["kind"] == "eval"]
-        summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        try:
+            summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EdgesegError(f"{out / CONFIG} cannot be read ({exc}); remove the run folder or use another --out") \
+                from exc
         summary.update({"complete": True, "steps_done": cfg.steps, "train_seconds_this_process": round(elapsed, 1),
                         "initial_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None})
         _write_json(out / CONFIG, summary)
