@@ -28,7 +28,6 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from edgeseg import __version__, bundlecheck
 from edgeseg.bundlecheck import DIR_FIELDS, FILE_FIELDS, FORMAT, FORMAT_VERSION, MANIFEST, printable  # noqa: F401
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, check_output_target, sha256_file
-from edgeseg.tokenizer import Tokenizer
 
 REFERENCE = "reference.npz"
 
@@ -56,6 +54,8 @@ def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[s
 
 def tool_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (absent ones are left out), plus Python's."""
+    from importlib import metadata  # not at module level: ~3 MB of RSS that serving a bundle never needs
+
     found = {"edgeseg": __version__, "python": platform.python_version()}
     for name in names:
         try:
@@ -306,11 +306,15 @@ def _check_reference(headers: dict[str, tuple[np.dtype, tuple[int, ...]]], manif
                            f"{MAX_REFERENCE_BYTES >> 20} MiB")
 
 
-def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> Tokenizer:
+def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None):
     """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges).
 
     The ids the manifest records (``sot_id``, ``eot_id``, ``vocab_size``) must be the vocabulary's.
+    Imported here, not at module level: ftfy and regex cost ~9 MB of RSS, which a process that answers
+    every prompt from a prompt bank by its exact text never needs.
     """
+    from edgeseg.tokenizer import Tokenizer
+
     manifest = manifest or read_manifest(bundle)
     spec = manifest["tokenizer"]
     try:

@@ -1,7 +1,7 @@
 """The C++ runtime (``engines/``, built by ``make cpp`` into build/cpp) against the Python pipeline.
 
 * Tokenizer parity: the C++ tokenizer (called through the C API with ctypes) gives the Python tokenizer's
-  ids on every prompt in calibration/ (all splits) and on conftest's HARD_PROMPTS. ftfy (mojibake repair,
+  ids on every shipped prompt (edgeseg/data/prompts/, all splits) and on conftest's HARD_PROMPTS. ftfy (mojibake repair,
   NFC, quote uncurling) has no C++ equivalent: prompts that ftfy changes are listed and must match the
   Python tokenizer with ftfy switched off.
 * ORT backend parity: C++ outputs equal ``edgeseg.runtime.load(dir).encode`` (max abs diff <= 1e-5) on an
@@ -37,7 +37,7 @@ BUILD = Path(os.environ.get("EDGESEG_CPP_BUILD", REPO / "build" / "cpp"))
 LIBRARY = BUILD / "engines" / "libedgeseg_runtime.so"
 CLI = BUILD / "engines" / "edgeseg-encode"
 TOL = 1e-5
-LONG = 128  # context length for tokenizer parity: long enough that nothing is cut in calibration/
+LONG = 128  # context length for tokenizer parity: long enough that nothing is cut in the shipped prompt sets
 
 PROMPTS = ["a dog", "wow!$ sign", "", "the leftmost child wearing blue vest", "a player in white " * 6,
            "caf\u00e9 au lait", HARD_PROMPTS[0], HARD_PROMPTS[7], HARD_PROMPTS[9], "UPPER lower MiXeD"]
@@ -61,13 +61,13 @@ class Result(ctypes.Structure):
 class Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("onnxruntime_library", ctypes.c_char_p),
                 ("intra_op_threads", ctypes.c_int32), ("verify_hashes", ctypes.c_int32), ("device", ctypes.c_int32),
-                ("tokenizer_only", ctypes.c_int32)]
+                ("tokenizer_only", ctypes.c_int32), ("bank_path", ctypes.c_char_p)]
 
 
 class CppRuntime:
     """The C API through ctypes (the same calls an app makes)."""
 
-    def __init__(self, bundle: Path, tokenizer_only: bool = False):
+    def __init__(self, bundle: Path, tokenizer_only: bool = False, bank: Path | None = None):
         lib = ctypes.CDLL(str(LIBRARY))
         lib.edgeseg_last_error.restype = ctypes.c_char_p
         lib.edgeseg_context_length.restype = ctypes.c_int64
@@ -83,6 +83,7 @@ class CppRuntime:
         options = Options()
         lib.edgeseg_options_init(ctypes.byref(options))
         options.tokenizer_only = int(tokenizer_only)
+        options.bank_path = str(bank).encode() if bank is not None else None
         self.handle = ctypes.c_void_p()
         if lib.edgeseg_create(str(bundle).encode(), ctypes.byref(options), ctypes.byref(self.handle)) != 0:
             raise RuntimeError(lib.edgeseg_last_error().decode())
@@ -185,7 +186,7 @@ def check_parity(cpp_tokenizer, prompts: list[str], label: str, verbose: bool = 
 
 def test_tokenizer_parity_on_every_calibration_prompt(cpp_tokenizer, capsys):
     with capsys.disabled():  # the count is part of the issue's "done": show it even under -q
-        check_parity(cpp_tokenizer, calibration_prompts(), "calibration/ (all splits)")
+        check_parity(cpp_tokenizer, calibration_prompts(), "edgeseg/data/prompts/ (all splits)")
 
 
 def test_tokenizer_parity_on_hard_prompts(cpp_tokenizer, capsys):

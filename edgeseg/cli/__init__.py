@@ -18,9 +18,9 @@ import sys
 import click
 
 from edgeseg.bundlecheck import printable
-from edgeseg.cli import analyze, bench, build, distill, encoders  # noqa: F401  (register the commands)
+from edgeseg.cli import analyze, bank, bench, build, distill, encoders, segment  # noqa: F401  (register the commands)
 from edgeseg.cli.common import cli
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, MissingExtra, extra_of
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -78,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         _error("out of memory (a smaller input, batch or context length may fit)")
         return 2
+    except ModuleNotFoundError as exc:  # an optional package that no require_extra() check caught first
+        extra = extra_of(exc.name or "")
+        if extra is None:
+            raise
+        error = MissingExtra(_command(argv), extra, [(exc.name or "").split(".")[0]])
+        _error(error)
+        return error.exit_code
     except OSError as exc:  # the environment failed us: a full disk, a read-only folder, an unreadable file
         where = f"{exc.filename}: " if exc.filename else ""
         _error(f"{where}{exc.strerror or exc}")
@@ -86,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    """``edgeseg NAME`` for the command named on the command line (for messages)."""
+    args = sys.argv[1:] if argv is None else argv
+    name = next((a for a in args if a in cli.commands), None)
+    return f"edgeseg {name}" if name else "this edgeseg command"
 
 
 __all__ = ["Interrupted", "cli", "main"]

@@ -18,11 +18,10 @@ from edgeseg.cli.common import (
     THREADS_RANGE,
     _load,
     _note,
-    _reference_prompts,
     _source,
     cli,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command()
@@ -34,7 +33,7 @@ from edgeseg.errors import EdgesegError
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
-                   "(default: 32 prompts of the held-out eval split).")
+                   "(default: 32 prompts of the held-out reference split, which no gate and no fitted corpus uses).")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None, opset: int,
@@ -46,11 +45,13 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
     weights are not in the graph. The bundle holds model.onnx, the tokenizer vocabulary, reference
     inputs/outputs and manifest.json (sha256 of every file); it is written atomically.
     """
+    require_extra("edgeseg export", "build", "torch", "onnx")
     from edgeseg.bundle import check_bundle_target
+    from edgeseg.corpus import reference_prompts as reference_set
     from edgeseg.export import export_bundle
 
     check_bundle_target(out)
-    prompts = _reference_prompts(reference_prompts)
+    prompts = reference_set(reference_prompts)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed)
     manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset)
     _note(f"exported {encoder} (context {manifest['context_length']}, FP32) -> {out}; ONNX Runtime vs torch "
@@ -61,7 +62,8 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="INT8 bundle directory to write.")
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
-              help="Calibration prompts, one per line (default: the shipped calibration split, 2,000 prompts).")
+              help="Calibration prompts, one per line (default: the shipped calibration split, 2,000 prompts). "
+                   "They also rank layers when the gate fails (never the eval prompts).")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N calibration prompts (faster, e.g. for the 353M-parameter teacher).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
@@ -77,6 +79,11 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.option("--min-worst-cosine", type=COSINE_RANGE, default=0.99, show_default=True,
               help="Gate: the worst prompt's valid-token cosine.")
 @click.option("--float-embedding", is_flag=True, help="Keep the token-embedding table in FP32 (default: INT8 rows).")
+@click.option("--embedding-form", type=click.Choice(["gather_cast_mul", "dequantize_gather"]),
+              default="gather_cast_mul", show_default=True,
+              help="How the graph reads the INT8 embedding rows: gather_cast_mul (ONNX Runtime's fastest) or "
+                   "dequantize_gather (DequantizeLinear -> Gather, the form TensorRT 10 accepts: for a bundle you "
+                   "will build with --target gpu/jetson). Same table, same values.")
 @click.option("--prune-vocab", "prune_vocab", default=None, metavar="train|FILE",
               help="Vocabulary pruning: keep only the embedding rows (and BPE merges) that a prompt corpus needs, "
                    "plus all byte tokens; the bundle ships the pruned tokenizer. 'train' = the shipped calibration "
@@ -91,8 +98,8 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.option("--threads", type=THREADS_RANGE, default=None, help="ONNX Runtime intra-op threads.")
 def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration_limit: int | None, method: str,
              mode: str, eval_prompts: Path | None, eval_limit: int, min_mean_cosine: float,
-             min_worst_cosine: float, float_embedding: bool, prune_vocab: str | None, smooth_alpha: float,
-             threads: int | None) -> None:
+             min_worst_cosine: float, float_embedding: bool, embedding_form: str, prune_vocab: str | None,
+             smooth_alpha: float, threads: int | None) -> None:
     """Quantize an FP32 ONNX bundle to INT8, calibrated on prompts and gated on fidelity.
 
     Static mode writes explicit Q/DQ (symmetric INT8, per-channel weights, per-tensor activations)
@@ -102,30 +109,20 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     misses the gate, the layers that add the most error are returned to float until it holds; the
     manifest lists them. Never imports torch.
     """
+    require_extra("edgeseg quantize", "build", "onnx")
     from edgeseg.bundle import check_bundle_target
-    from edgeseg.corpus import load_split
-    from edgeseg.fileio import read_prompts
+    from edgeseg.corpus import calibration_set, gate_set, pruning_corpus
     from edgeseg.quantize import Gate, quantize_bundle
 
     check_bundle_target(out)
-    if calibration_file is not None:
-        calibration, calibration_name = read_prompts(calibration_file), calibration_file.name
-    else:
-        calibration, calibration_name = load_split("calibration"), "calibration/calibration.txt"
-    if calibration_limit:
-        calibration = calibration[:calibration_limit]
-    evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
-    step = max(1, len(evaluation) // eval_limit)
-    evaluation = evaluation[::step][:eval_limit]
-    prune_prompts, prune_name = None, ""
-    if prune_vocab == "train":
-        prune_prompts, prune_name = load_split("calibration") + load_split("distill"), "calibration/ train splits"
-    elif prune_vocab is not None:
-        prune_prompts, prune_name = read_prompts(Path(prune_vocab)), Path(prune_vocab).name
+    calibration, calibration_name = calibration_set(calibration_file, calibration_limit)
+    evaluation = gate_set(eval_prompts, eval_limit)
+    prune_prompts, prune_name = pruning_corpus(prune_vocab) if prune_vocab is not None else (None, "")
     manifest = quantize_bundle(bundle, out, calibration, evaluation, calibration_name=calibration_name,
                                method=method, mode=mode, gate=Gate(min_mean_cosine, min_worst_cosine),
                                embedding_int8=not float_embedding, threads=threads, progress=_note,
-                               prune_prompts=prune_prompts, prune_name=prune_name, smooth_alpha=smooth_alpha)
+                               prune_prompts=prune_prompts, prune_name=prune_name, smooth_alpha=smooth_alpha,
+                               embedding_form=embedding_form)
     fid = manifest["fidelity"]
     size = sum(f["bytes"] for f in manifest["files"].values())
     _note(f"INT8 ({mode}) -> {out}: {size / 1e6:.1f} MB, mean cosine {fid['mean_cosine']:.5f}, worst "
@@ -158,7 +155,8 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
               help="Largest batch: TensorRT profile 1..N (opt 1); Core ML enumerated batch sizes 1..N.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
-              help="Prompts stored with FP32 outputs for self-checks (default: 32 prompts of the eval split).")
+              help="Prompts stored with FP32 outputs for self-checks (default: 32 prompts of the held-out reference "
+                   "split).")
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
               help="INT8 calibration prompts (default: the shipped calibration split).")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use the first N only.")
@@ -178,10 +176,20 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
 @click.option("--workspace-mib", type=click.IntRange(min=1), default=None, help="TensorRT builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache (default: ~/.cache/edgeseg/tensorrt-timing.cache).")
-@click.option("--float-embedding", is_flag=True, help="INT8: keep the token-embedding table FP32 (default: INT8 rows).")
+@click.option("--float-embedding", is_flag=True, help="INT8: keep the token-embedding table FP32 (default: INT8 rows; "
+              "read as DequantizeLinear -> Gather for gpu/jetson, Gather -> Cast -> Mul for onnx).")
+@click.option("--tensorrt-version", default=None, metavar="VERSION",
+              help="gpu/jetson: lint the final ONNX against this TensorRT version's ONNX support matrix (10.3, 10.13, "
+                   "10.14, 10.16; default 10.3, the oldest the Jetson kit supports); a graph outside it stops the "
+                   "build (exit 2).")
 @click.option("--w8a8", is_flag=True, help="Core ML: 8-bit activations on top of 8-bit weights (implies --precision "
               "int8; symmetric, before every linear/conv input, calibrated on the calibration prompts; pays off on "
               "A17 Pro / M4).")
+@click.option("--bank-prompts", type=click.Path(path_type=Path), default=None,
+              help="Core ML: also ship a prompt bank of these prompts beside the package (an app answers them "
+                   "without the model; see README 'Prompt banks').")
+@click.option("--bank-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Memory dtype of --bank-prompts' bank.")
 @click.option("--threads", type=THREADS_RANGE, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
@@ -189,38 +197,43 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
           calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
           method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
           version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,
-          w8a8: bool, threads: int | None, seed: int) -> None:
+          tensorrt_version: str | None, w8a8: bool, bank_prompts: Path | None, bank_dtype: str, threads: int | None,
+          seed: int) -> None:
     """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
 
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
-    coreml needs coremltools (and --encoder). A summary of every stage is printed on stderr.
+    coreml needs coremltools (and --encoder). For gpu/jetson the final ONNX is linted against TensorRT's
+    ONNX support matrix (--tensorrt-version) before the target step. A summary of every stage is printed
+    on stderr.
     """
+    if (encoder is None) == (bundle is None):
+        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
+    if bundle is not None and (checkpoint is not None or context_length is not None):
+        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    require_extra("edgeseg build", "build", "onnx", *(["torch"] if encoder else []))
     from edgeseg.bundle import check_bundle_target, verify_bundle
-    from edgeseg.corpus import load_split
+    from edgeseg.corpus import calibration_set, gate_set
+    from edgeseg.corpus import reference_prompts as reference_set
     from edgeseg.fileio import read_prompts
     from edgeseg.quantize import Gate
     from edgeseg.targets.pipeline import EngineOptions, Prompts, preflight, resolve_precision
     from edgeseg.targets.pipeline import build as run_build
 
-    if (encoder is None) == (bundle is None):
-        raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
-    if bundle is not None and (checkpoint is not None or context_length is not None):
-        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
     precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)
-    facts = preflight(target, precision, bundle is not None, w8a8)
-    calibration, calibration_name = (read_prompts(calibration_file), calibration_file.name) if calibration_file \
-        else (load_split("calibration"), "calibration/calibration.txt")
-    evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
-    prompts = Prompts(_reference_prompts(reference_prompts), calibration[:calibration_limit], calibration_name,
-                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding)
+    facts = preflight(target, precision, bundle is not None, w8a8, tensorrt_version=tensorrt_version,
+                      bank=bank_prompts is not None)
+    calibration, calibration_name = calibration_set(calibration_file, calibration_limit)
+    prompts = Prompts(reference_set(reference_prompts), calibration, calibration_name,
+                      gate_set(eval_prompts, eval_limit), float_embedding,
+                      read_prompts(bank_prompts) if bank_prompts else None, bank_dtype)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed) if encoder else None
     result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,
                        source=_source(checkpoint, seed) if encoder else None, max_batch=max_batch, opset=opset,
                        method=method, gate=Gate(min_mean_cosine, min_worst_cosine),
                        engine=EngineOptions(hardware_compatible, version_compatible, workspace_mib, None,
-                                            str(timing_cache) if timing_cache else None),
+                                            str(timing_cache) if timing_cache else None, tensorrt_version),
                        w8a8=w8a8, threads=threads, progress=_note, facts=facts)
     _note("build summary")
     for line in result.summary():

@@ -24,7 +24,7 @@ from edgeseg.cli.common import (
     _write_npz,
     cli,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command()
@@ -45,6 +45,7 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
     Students hold a position table of context-length rows; 'params_with_checkpoint_table' counts
     the 77-row table of the released files (the paper's figures).
     """
+    require_extra("edgeseg info --encoder", "build", "torch")
     from edgeseg.checkpoints import load_encoder, read_checkpoint
     from edgeseg.encoders import build_encoder
 
@@ -91,6 +92,9 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 @click.option("--encoder", default=None, help=ENCODER_HELP + " Either --encoder or --bundle.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Run a bundle (from export/quantize/build) instead of a torch encoder; never imports torch.")
+@click.option("--bank", "bank_file", type=click.Path(path_type=Path), default=None,
+              help="With --bundle: a prompt bank built from it (edgeseg bank build); prompts it holds are answered "
+                   "from it, the others run the model.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=CONTEXT_RANGE, default=None, help=CONTEXT_HELP)
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
@@ -105,9 +109,9 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
 @click.option("--threads", type=THREADS_RANGE, default=None, help="Intra-op threads (bundles).")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
-def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
-           position_table: str | None, prompts_file: Path, out: Path, batch_size: int | None, device: str,
-           threads: int | None, seed: int) -> None:
+def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, checkpoint: Path | None,
+           context_length: int | None, position_table: str | None, prompts_file: Path, out: Path,
+           batch_size: int | None, device: str, threads: int | None, seed: int) -> None:
     """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
     from tqdm import tqdm
 
@@ -117,13 +121,17 @@ def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, co
         raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
     if bundle is not None and (checkpoint is not None or context_length is not None):
         raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    if bank_file is not None and bundle is None:
+        raise EdgesegError("--bank applies to --bundle (a bank belongs to the bundle it was built from)")
+    if encoder is not None:
+        require_extra("edgeseg encode --encoder", "build", "torch")
     prompts = read_prompts(prompts_file)
     check_output_target(out)
     if bundle is not None:
         from edgeseg.runtime import load
         from edgeseg.runtime.base import DEFAULT_BATCH
 
-        with load(bundle, threads=threads) as runner, \
+        with load(bundle, threads=threads, bank=bank_file) as runner, \
                 tqdm(total=len(prompts), unit="prompt", desc=bundle.name, disable=None, file=sys.stderr) as bar:
             result = runner.encode(prompts, batch_size=batch_size or DEFAULT_BATCH, progress=bar.update)
         name, length = f"bundle {bundle}", runner.context_length
@@ -159,6 +167,7 @@ def compare(prompts_file: Path, encoders: str, repeats: int, batch_size: int, th
     encoder's, per prompt (mean and worst). All encoders have RANDOM seeded weights here, so the
     cosine column only shows the pipeline runs; with random weights it is near 0 by construction.
     """
+    require_extra("edgeseg compare", "build", "torch")
     import torch
 
     from edgeseg.encode import compare_encoders

@@ -596,6 +596,27 @@ void fill_tensorrt(const json& m, const std::string& where, Bundle* bundle) {
   }
 }
 
+// The manifest fields prompt banks need (bank.hpp): file hashes, external data, semantics, the shipped bank
+// (its name is checked and listed by check_names, like every file-bearing field).
+void read_bank_fields(const json& m, const std::string& where, Bundle& bundle) {
+  for (const auto& item : m["files"].items()) bundle.file_sha256[item.key()] = item.value()["sha256"].get<std::string>();
+  if (const json* data = find(m, "model_data")) bundle.model_data_name = data->get<std::string>();
+  if (const json* s = find(m, "semantics")) {
+    if (s->is_string()) {
+      bundle.semantics = s->get<std::string>();
+    } else if (s->is_object()) {
+      bundle.semantics = find(*s, "name") && (*s)["name"].is_string() ? (*s)["name"].get<std::string>() : s->dump();
+    } else {
+      bundle.semantics = s->dump();
+    }
+  }
+  const json* bank = find(m, "bank");
+  if (bank == nullptr) return;
+  bundle.bank_file = need_string(*bank, "file", where + " bank");
+  need_kind(*bank, "model_sha256", where + " bank", &json::is_string, "a string");
+  if (find(*bank, "model_sha256")) bundle.bank_model_sha256 = (*bank)["model_sha256"].get<std::string>();
+}
+
 }  // namespace
 
 Bundle read_bundle(const std::string& dir_in, bool verify) {
@@ -642,6 +663,9 @@ Bundle read_bundle(const std::string& dir_in, bool verify) {
   bundle.tokenizer.num_merges = optional_int(tok, "num_merges", where, 0, kMaxTokenId + 1 - 514,
                                              bundle.tokenizer.num_merges);
   bundle.tokenizer.context_length = bundle.context_length;
+  bundle.model_name = m["model"].get<std::string>();
+  bundle.vocab_name = tok["vocab"].get<std::string>();
+  read_bank_fields(m, where, bundle);
   if (bundle.backend == "tensorrt") fill_tensorrt(m, where, &bundle);
   return bundle;
 }
