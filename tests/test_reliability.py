@@ -43,6 +43,7 @@ TIMEOUT_S = 240
 REF_PROMPTS = ["a dog", "wow!$ sign", "the leftmost child wearing blue vest", ""]
 PROMPTS = "a dog\nred car on the left\n"
 SOT, EOT = 49406, 49407
+PROMPT_SETS = Path(__file__).resolve().parents[1] / "edgeseg" / "data" / "prompts"
 
 # The helper: import torch once; per request fork a child that runs edgeseg.cli as __main__ with its own
 # stdout/stderr files and optional file-size limit, report {"pid"} at once and {"status"} when it ends.
@@ -389,7 +390,7 @@ def test_out_equal_to_the_prompts_file_is_refused(cli, work):
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("calibration")
-    lines = (Path(__file__).resolve().parents[1] / "edgeseg" / "data" / "prompts" / "calibration.txt").read_text().split("\n")
+    lines = (PROMPT_SETS / "calibration.txt").read_text().split("\n")
     (folder / "cal.txt").write_text("\n".join(lines[:40]) + "\n")
     (folder / "eval.txt").write_text("\n".join(lines[40:52]) + "\n")
     return {"cal": folder / "cal.txt", "eval": folder / "eval.txt"}
@@ -551,7 +552,7 @@ def test_a_planted_pickle_as_a_run_checkpoint_is_one_line_and_never_runs(cli, wo
     run_dir = work["out"] / "run"
     run_dir.mkdir()
     torch.save({"format": Payload()}, run_dir / "checkpoint.pt")
-    lines = (Path(__file__).resolve().parents[1] / "edgeseg" / "data" / "prompts" / "distill.txt").read_text().split("\n")[:40]
+    lines = (PROMPT_SETS / "distill.txt").read_text().split("\n")[:40]
     (work["in"] / "train.txt").write_text("\n".join(lines) + "\n")
     student = {"base": "mobileclip-s0", "name": "tiny-s0", "dim": 32, "heads": 2, "ffn_dim": 64,
                "blocks": ["transformer"]}
