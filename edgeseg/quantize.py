@@ -457,6 +457,15 @@ def prompts_hash(prompts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
 
 
+def _finite_reference(fp32: Path, ids: np.ndarray, threads: int | None, src: Path) -> list[np.ndarray]:
+    """The FP32 model's outputs on the gate's prompts: the reference every INT8 attempt is measured against."""
+    reference = _run(fp32, ids, threads)
+    if not np.isfinite(reference[0]).all():
+        raise EdgesegError(f"{src} gives non-finite outputs (NaN or Inf) on the evaluation prompts: nothing to "
+                           "quantize against")
+    return reference
+
+
 def quantize_bundle(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -498,10 +507,7 @@ def quantize_bundle(
         cache = work / "calibration_cache.json"
         model_path = tmp / MODEL_FILE
         say(f"running FP32 reference on {len(eval_ids)} evaluation prompts")
-        ref_memory, ref_mask = _run(fp32, eval_ids, threads)
-        if not np.isfinite(ref_memory).all():
-            raise EdgesegError(f"{src} gives non-finite outputs (NaN or Inf) on the evaluation prompts: nothing to "
-                               "quantize against")
+        ref_memory, ref_mask = _finite_reference(fp32, eval_ids, threads, src)
         candidates = weight_bearing_nodes(onnx.load(str(fp32), load_external_data=False))
         pruned, fp32_work, cand_tokenizer = (None, fp32, tokenizer) if prune_prompts is None else \
             _prune_stage(src, manifest, fp32, tmp, work, prune_prompts, tokenizer, say)
