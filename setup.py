@@ -19,7 +19,7 @@ BASE = [
     "ftfy",
     "regex",
     "tqdm",
-    "jsonschema",  # manifest validation (edgeseg/bundle.py)
+    "jsonschema>=4.18",  # manifest validation (edgeseg/manifest.schema.json, edgeseg/bundlecheck.py)
 ]
 EXTRAS = {
     # export, quantize, build, distill, convert, compare, analyze's embedding part, bench
@@ -53,6 +53,7 @@ setup(
         "data/prompts/*.json",
         "data/prompts/SOURCES.md",
         "bench/*.json",
+        "manifest.schema.json",
         "targets/jetson_kit/*.json",
     ]},
     install_requires=BASE,

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeseg import __version__
+from edgeseg.bundlecheck import printable
 from edgeseg.encoders import TextEncoder, build_encoder, get_config, list_encoders
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path
@@ -140,14 +141,26 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             layout = "sam3-official" if kind == "sam3" else "litetext-merged"
             if not nested:
                 layout = "text-state-dict"
-            return Checkpoint(path, layout, text, metadata)
+            return Checkpoint(path, layout, check_finite(text, path), metadata)
     if nested:
         raise EdgesegError(
             f"{path} holds no text encoder: no key starts with {SAM3_TEXT_PREFIX!r} "
             f"(first keys: {_names(list(state))})"
         )
     layout = "edgeseg" if metadata.get("format") == "edgeseg" else "text-state-dict"
-    return Checkpoint(path, layout, state, metadata)
+    return Checkpoint(path, layout, check_finite(state, path), metadata)
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Refuse weights with NaN or Inf (they export and "verify" to garbage): one line naming the first tensor."""
+    for name in sorted(state):
+        tensor = state[name]
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel() and \
+                not bool(torch.isfinite(tensor).all()):
+            bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            raise EdgesegError(f"{printable(path)}: tensor {printable(name)} holds {bad} values: refusing non-finite "
+                               "weights")
+    return state
 
 
 # -- recognising --------------------------------------------------------------------------------

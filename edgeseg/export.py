@@ -156,13 +156,16 @@ def export_bundle(
     with torch.no_grad():
         ref_memory, ref_mask = reference(torch.from_numpy(tokens.ids))
     ref_memory, ref_mask = ref_memory.numpy(), ref_mask.numpy()
+    if not np.isfinite(ref_memory).all():
+        raise EdgesegError(f"{model.name} gives non-finite outputs (NaN or Inf) on the reference prompts: nothing "
+                           "to export")
     with bundle_writer(out) as tmp:
         export_onnx(model, tmp / MODEL_FILE, opset, dynamic_length)
         memory, mask = run_onnx(tmp / MODEL_FILE, tokens.ids)
         if memory.shape != ref_memory.shape or not np.array_equal(mask, ref_mask):
             raise EdgesegError("export verification failed: ONNX outputs do not have the torch shapes/mask")
         max_diff = float(np.abs(memory - ref_memory).max())
-        if max_diff > tolerance:
+        if not max_diff <= tolerance:  # NaN fails too
             raise EdgesegError(f"export verification failed: ONNX vs torch max abs diff {max_diff:.3g} > {tolerance}")
         fidelity = token_fidelity(memory, ref_memory, ref_mask)
         length_check = _dynamic_length_check(tmp / MODEL_FILE, tokens.ids, memory, mask, tolerance) \

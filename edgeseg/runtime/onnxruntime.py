@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.bundlecheck import printable
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.base import Runner
 
@@ -64,8 +65,23 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.bundle / self.manifest["model"]), options,
                                                 providers=recorded.get("providers") or PROVIDERS)
         except Exception as exc:  # ORT raises its own exception types for unreadable models
-            raise EdgesegError(f"ONNX Runtime cannot load {self.bundle / self.manifest['model']}: "
-                               f"{str(exc).splitlines()[0][:200]}") from exc
+            raise EdgesegError(f"ONNX Runtime cannot load {printable(self.bundle / self.manifest['model'])}: "
+                               f"{printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}") from exc
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        """The model's own inputs/outputs are the manifest's: input_ids [batch, L], memory and mask."""
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        shape = inputs.get("input_ids")
+        if len(inputs) != 1 or shape is None or len(shape) != 2 or {"memory", "mask"} - outputs:
+            self.session = None
+            raise EdgesegError(f"{printable(self.manifest['model'])} of bundle {printable(self.bundle)} does not take "
+                               "input_ids [batch, L] and return memory and mask")
+        if isinstance(shape[1], int) and shape[1] != self.context_length:
+            self.session = None
+            raise EdgesegError(f"{printable(self.manifest['model'])} of bundle {printable(self.bundle)} takes "
+                               f"{shape[1]} tokens per prompt; the manifest says context_length {self.context_length}")
 
     def _deactivate(self) -> None:
         self.session = None
@@ -74,7 +90,18 @@ class OnnxRuntimeRunner(Runner):
         step = self.max_batch or max(1, len(input_ids))
         memories, masks = [], []
         for start in range(0, max(1, len(input_ids)), step):
-            memory, mask = self.session.run(["memory", "mask"], {"input_ids": input_ids[start:start + step]})
+            memory, mask = self._run(input_ids[start:start + step])
             memories.append(memory)
-            masks.append(mask.astype(bool))
+            masks.append(mask)
         return np.concatenate(memories), np.concatenate(masks)
+
+    def _run(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            memory, mask = self.session.run(["memory", "mask"], {"input_ids": input_ids})
+        except Exception as exc:  # ORT's own exception types (bad shapes in a model that loaded, ...)
+            raise EdgesegError(f"ONNX Runtime failed on bundle {printable(self.bundle)}: "
+                               f"{printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}") from exc
+        if memory.shape != (*input_ids.shape, self.output_dim) or mask.shape != input_ids.shape:
+            raise EdgesegError(f"bundle {printable(self.bundle)}: the model returned memory {list(memory.shape)} and "
+                               f"mask {list(mask.shape)} for ids {list(input_ids.shape)}")
+        return memory.astype(np.float32, copy=False), mask.astype(bool)

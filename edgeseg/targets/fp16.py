@@ -182,10 +182,12 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
         copy_files,
         finalize,
         inherited,
+        onnx_for_reading,
         tool_versions,
         verify_bundle,
     )
     from edgeseg.errors import EdgesegError
+    from edgeseg.fileio import work_dir
     from edgeseg.outputs import token_fidelity
     from edgeseg.quantize import Gate
 
@@ -200,8 +202,8 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
         raise EdgesegError("the FP16 fidelity check needs evaluation prompts")
     length = int(manifest["context_length"])
     ids = bundle_tokenizer(src, manifest)(list(eval_prompts), length).ids
-    with bundle_writer(out) as tmp:
-        half = convert_fp16(onnx.load(str(src / manifest["model"])))
+    with bundle_writer(out) as tmp, work_dir(out) as work:
+        half = convert_fp16(onnx.load(str(onnx_for_reading(src, manifest, work))))
         onnx.save(half, str(tmp / manifest["model"]))
         say(f"FP16 ONNX (LayerNorm/Softmax in FP32): checking against FP32 on {len(ids)} evaluation prompts")
         ref_memory, ref_mask = _run(src / manifest["model"], ids, threads)
