@@ -253,6 +253,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
 
     started = time.perf_counter()
     resolved, images = prepared if prepared is not None else prepare(opts)
+    threads_before = torch.get_num_threads()  # restored at the end: a library call leaves no global change
     torch.set_num_threads(opts.threads)
     models = load_models(opts, resolved)
     results = start_results(opts, models)
@@ -267,6 +268,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
         for model in models.values():
             if model.runner is not None:
                 model.runner.deactivate()
+        torch.set_num_threads(threads_before)
     results["bars"] = bars.evaluate(opts.bars, results)
     results["runtime_s"] = time.perf_counter() - started
     report.write_outputs(results, Path(opts.out))

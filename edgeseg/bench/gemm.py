@@ -178,8 +178,28 @@ def _torch_int8_call(x: np.ndarray, k: int, n: int, threads: int) -> Callable[[]
 
 def gemm_rates(m: int, k: int, n: int, threads: int, backends: Iterable[str] = BACKENDS, rounds: int = 7,
                calls: int = 20, gap_s: float = 0.05) -> dict[str, Any]:
-    """GMAC/s of one ``[m,k] x [k,n]`` product per backend: median over rotated rounds of ``calls`` calls."""
-    runs = _calls(m, k, n, threads, backends)
+    """GMAC/s of one ``[m,k] x [k,n]`` product per backend: median over rotated rounds of ``calls`` calls.
+
+    torch's thread count is set to ``threads`` for the measurement and restored afterwards."""
+    torch_threads = _torch_threads()
+    try:
+        return _measure(_calls(m, k, n, threads, backends), m * k * n, rounds, calls, gap_s)
+    finally:
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+
+
+def _torch_threads() -> int | None:
+    """torch's current thread count, or None when torch was never imported (nothing to restore)."""
+    import sys
+
+    return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+
+
+def _measure(runs: dict[str, Callable[[], Any]], product_macs: int, rounds: int, calls: int,
+             gap_s: float) -> dict[str, Any]:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():
         for _ in range(3):
@@ -192,7 +212,7 @@ def gemm_rates(m: int, k: int, n: int, threads: int, backends: Iterable[str] = B
             for _ in range(calls):
                 runs[name]()
             times[name].append((time.perf_counter() - start) / calls)
-    return {name: {"median_us": float(np.median(t) * 1e6), "gmac_per_s": m * k * n / float(np.median(t)) / 1e9}
+    return {name: {"median_us": float(np.median(t) * 1e6), "gmac_per_s": product_macs / float(np.median(t)) / 1e9}
             for name, t in times.items()}
 
 
