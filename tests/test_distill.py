@@ -150,9 +150,14 @@ def test_cache_targets_resume_and_teacher_check(tmp_path):
     build_cache(tmp_path, prompts, ids, tid, factory, context_length=16, shard_size=8, progress=False)
     assert len(calls) == 1
     (cache.folder / "targets-00001.npy").unlink()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = cache.folder / f".targets-00001.npy.tmp-{dead.pid}-abc.npy"  # what a SIGKILLed build leaves
+    killed.write_bytes(b"half a shard")
     before = (cache.folder / "targets-00000.npy").stat().st_mtime_ns
     again = build_cache(tmp_path, prompts, ids, tid, factory, context_length=16, shard_size=8, progress=False)
     assert len(calls) == 2 and (cache.folder / "targets-00000.npy").stat().st_mtime_ns == before
+    assert not [p.name for p in cache.folder.iterdir() if ".tmp-" in p.name]  # the killed run's is removed
     assert np.array_equal(again.targets(np.arange(20)), expected)
 
     other = teacher_identity("sam3", "ab" * 32, 0, None)
