@@ -488,6 +488,7 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(corpus, tmp_path, c
                   "once its 5 held-out prompt(s) are dropped", capsys, out)
     _expect_error(["distill", "--student", "mobileclip-s0", "--out", str(tmp_path / "no" / "run")],
                   "does not exist", capsys, tmp_path / "no")
+    _expect_error([*base, "--student", "mobileclip-s0", "--device", "gpu7"], "unknown --device 'gpu7'", capsys, out)
 
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import (
-    _check_device,
     _note,
     cli,
 )
+from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError, require_extra
 
 
@@ -63,7 +63,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
     except ValueError as exc:
         raise EdgesegError(f"--batch takes comma-separated integers, got {batches!r}") from exc
     if device != "cpu":
-        _check_device(device)
+        check_device(device)
     opts = BenchOptions(candidates=list(candidates), out=out, baseline=baseline, batches=sizes, threads=threads,
                         sam3_checkpoint=sam3_checkpoint, images=images, prompts=prompts_file,
                         skip_segmentation=skip_segmentation, rounds=rounds, eval_prompts=eval_prompts,

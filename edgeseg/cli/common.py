@@ -164,18 +164,6 @@ def _source(checkpoint: Path | None, seed: int) -> dict:
 
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise EdgesegError(f"unknown --device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EdgesegError(f"--device {device}: CUDA is not available on this machine")
-
-
-
 def _json_option(value: str | None, option: str):
     if value is None:
         return None

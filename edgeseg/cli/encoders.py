@@ -19,13 +19,13 @@ from edgeseg.cli.common import (
     PROMPTS_HELP,
     SEED_RANGE,
     THREADS_RANGE,
-    _check_device,
     _load,
     _note,
     _write_npz,
     cli,
     parse_checkpoints,
 )
+from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError, require_extra
 
 
@@ -140,7 +140,7 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
     else:
         from edgeseg.encode import encode_prompts
 
-        _check_device(device)
+        check_device(device)
         model = _load(encoder, checkpoint, context_length, position_table, device, seed)
         with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
             result = encode_prompts(model, prompts, batch_size=batch_size or 64, progress=bar.update)
