@@ -298,7 +298,7 @@ def test_cli_bundle_path_never_imports_torch(s0, prompts_file, tmp_path):
 PACKAGE = REPO / "edgeseg"
 #: the run side: the runtime and the modules the deployment path is made of
 RUN_SIDE = [*sorted((PACKAGE / "runtime").glob("*.py")), *(PACKAGE / f"{name}.py" for name in (
-    "bank", "bundle", "bundlecheck", "outputs", "tokenizer", "fileio", "backends", "trtprobe"))]
+    "bank", "bundle", "bundlecheck", "outputs", "tokenizer", "fileio", "backends", "trtprobe", "tmpnames"))]
 BUILD_SIDE = ("edgeseg.targets", "edgeseg.export", "edgeseg.quantize", "edgeseg.distill", "edgeseg.checkpoints",
               "edgeseg.encoders", "torch")
 

@@ -85,7 +85,7 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     assert manifest == result.manifest
     assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz",
                                       "build_engine.py", "trt_lint.py", "trt_support.json", "bundlecheck.py",
-                                      "manifest.schema.json", "outputs.py", "trtprobe.py"}
+                                      "manifest.schema.json", "outputs.py", "trtprobe.py", "tmpnames.py"}
     assert (manifest["target"], manifest["backend"], manifest["model"], manifest["precision"]) == (
         "jetson", "onnxruntime", "model.onnx", "int8")
     engine = manifest["engine"]
@@ -203,9 +203,10 @@ def test_script_imports_only_numpy_tensorrt_polygraphy_and_stdlib(int8_build):
     assert roots - set(sys.stdlib_module_names) == {"numpy", "polygraphy", "edgeseg"}
     # the lint it runs first: onnx (imported only when a graph is linted); the bundle rules:
     # the standard library (jsonschema when it is installed); the gate metric: numpy; the probes: TensorRT and
-    # polygraphy, imported only when used. None of them imports edgeseg.
+    # polygraphy, imported only when used; the temporaries: the standard library. None of them imports edgeseg.
     for name, allowed in (("trt_lint.py", {"onnx"}), ("bundlecheck.py", {"jsonschema"}),
-                          ("outputs.py", {"numpy"}), ("trtprobe.py", {"tensorrt", "polygraphy"})):
+                          ("outputs.py", {"numpy"}), ("trtprobe.py", {"tensorrt", "polygraphy"}),
+                          ("tmpnames.py", set())):
         tree = ast.parse((out / name).read_text())
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}

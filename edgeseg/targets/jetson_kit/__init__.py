@@ -6,8 +6,8 @@
   the script before it builds;
 * from ``edgeseg/``, standalone modules the script loads from beside itself: ``bundlecheck.py`` +
   ``manifest.schema.json`` (the bundle rules it checks the bundle with), ``outputs.py`` (the gate
-  metric, :func:`edgeseg.outputs.token_fidelity`) and ``trtprobe.py`` (TensorRT and GPU probes, the
-  engine runner).
+  metric, :func:`edgeseg.outputs.token_fidelity`), ``trtprobe.py`` (TensorRT and GPU probes, the
+  engine runner) and ``tmpnames.py`` (pid-named temporaries, stale ones removed).
 
 They are modules of this package so that the host build uses the very same code as the device;
 :data:`KIT_FILES` are the files copied into bundles (under these names).
@@ -22,5 +22,5 @@ _EDGESEG = Path(__file__).parents[1].parent
 #: the bundle rules the script checks (edgeseg's own, standard library only) and their schema
 CHECKER = (_EDGESEG / "bundlecheck.py", _EDGESEG / "manifest.schema.json")
 #: edgeseg's modules the script runs as they are (numpy + standard library, no edgeseg imports)
-SHARED = (_EDGESEG / "outputs.py", _EDGESEG / "trtprobe.py")
+SHARED = (_EDGESEG / "outputs.py", _EDGESEG / "trtprobe.py", _EDGESEG / "tmpnames.py")
 KIT_FILES = (SCRIPT, LINT, SUPPORT, *CHECKER, *SHARED)

@@ -28,8 +28,8 @@ What it does:
 
 Needs Python 3.8+, numpy, and TensorRT 10 or newer (JetPack 6.1+ or 7.x): strongly typed networks and
 int64 inputs do not exist in TensorRT 8.6 (JetPack 6.0). Never imports torch or edgeseg: the few edgeseg
-modules it uses (``bundlecheck.py``, ``outputs.py``, ``trtprobe.py``; numpy and the standard library only)
-are copied beside it.
+modules it uses (``bundlecheck.py``, ``outputs.py``, ``trtprobe.py``, ``tmpnames.py``; numpy and the
+standard library only) are copied beside it.
 Exit status: 0 verified, 1 built but verification failed, 2 could not build (bundle, TensorRT, GPU).
 """
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import hashlib
 import importlib.util
 import json
@@ -79,14 +78,16 @@ def _beside(filename: str):
 
 
 if __package__:  # imported as edgeseg.targets.jetson_kit.build_engine (host builds)
-    from edgeseg import bundlecheck, outputs, trtprobe
+    from edgeseg import bundlecheck, outputs, tmpnames, trtprobe
 else:  # run on the device: the same modules, copied beside this script
     bundlecheck = _beside("bundlecheck.py")  # the bundle rules
     outputs = _beside("outputs.py")  # the gate metric (token_fidelity)
     trtprobe = _beside("trtprobe.py")  # TensorRT and GPU probes, the engine runner
+    tmpnames = _beside("tmpnames.py")  # pid-named temporaries, stale ones removed
 
 KIT_VERSION = 4  # 2: trt_lint.py + trt_support.json, linted before building; 3: bundlecheck.py, schema;
-#                 4: outputs.py (the gate metric) and trtprobe.py (TensorRT/GPU probes, the engine runner)
+#                 4: outputs.py (the gate metric), trtprobe.py (TensorRT/GPU probes, the engine runner),
+#                    tmpnames.py (pid-named temporaries)
 LINT_FILE = "trt_lint.py"
 ENGINE_FILE = "model.engine"
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec",)
@@ -443,27 +444,11 @@ def batch_for_latency(ids: np.ndarray, batch: int) -> np.ndarray:
 
 
 # -- files written into the bundle ---------------------------------------------------------------
-def _running(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would end the process there: never remove another run's files
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def temporary_sibling(target: Path) -> Path:
     """A temporary name beside ``target`` that holds this process's id (``.NAME.tmp-PID-kit``, as edgeseg
     names its own), after removing those that runs killed before they could clean up left behind."""
-    prefix = f".{target.name}.tmp-"
-    for entry in target.parent.glob(glob.escape(prefix) + "*"):
-        pid = entry.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and entry.is_file() and not _running(int(pid)):
-            entry.unlink()
-    return target.with_name(f"{prefix}{os.getpid()}-kit")
+    tmpnames.remove_stale(target)
+    return target.with_name(f"{tmpnames.tmp_prefix(target)}{os.getpid()}-kit")
 
 
 def replace_with(target: Path, write) -> None:
