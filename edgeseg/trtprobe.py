@@ -1,4 +1,4 @@
-"""Is TensorRT usable here, on which GPU, and the one way to run an engine file (standalone).
+"""Is TensorRT usable here, on which GPU (and Jetson release), and the one way to run an engine file (standalone).
 
 Standard library only at import time (``tensorrt`` and ``polygraphy`` are imported inside the
 functions that need them), so that both sides share it without one importing the other: the run
@@ -15,6 +15,8 @@ from pathlib import Path
 
 #: strongly typed networks and int64 inputs need TensorRT 10 (JetPack 6.1+)
 MIN_TENSORRT = (10, 0)
+TEGRA_RELEASE = "/etc/nv_tegra_release"
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"
 
 
 def import_tensorrt():
@@ -64,13 +66,27 @@ def gpu_info() -> dict | None:
     }
 
 
-def nvidia_driver_version(path: str = "/proc/driver/nvidia/version") -> str | None:
+def _search_file(path: str, pattern: str) -> re.Match | None:
+    """``pattern``'s first match in the text file ``path``; None if the file cannot be read or has none."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    match = re.search(r"Kernel Module(?: for [\w-]+)?\s+([\d.]+)", text)
+    return re.search(pattern, text)
+
+
+def nvidia_driver_version(path: str = NVIDIA_DRIVER) -> str | None:
+    """The NVIDIA kernel module's version (``/proc/driver/nvidia/version``), or None."""
+    match = _search_file(path, r"Kernel Module(?: for [\w-]+)?\s+([\d.]+)")
     return match.group(1) if match else None
+
+
+def l4t_release(path: str = TEGRA_RELEASE) -> str | None:
+    """``R36.4.0`` from ``/etc/nv_tegra_release`` on a Jetson (``unknown`` if unreadable as such), else None."""
+    if not Path(path).is_file():
+        return None
+    match = _search_file(path, r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)")
+    return f"R{match.group(1)}.{match.group(2)}" if match else "unknown"
 
 
 def trt_runner(trt, engine_path: str | Path, version_compatible: bool = False, name: str = "tensorrt"):

@@ -359,7 +359,7 @@ def test_kit_parsers(int8_build, tmp_path):
     assert kit.parse_trtexec_latency(log) == 0.44 and kit.parse_trtexec_latency("nothing") is None
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: x\n")
-    assert kit.l4t_release(str(release)) == "R36.4.0" and kit.l4t_release(str(tmp_path / "absent")) is None
+    assert probe.l4t_release(str(release)) == "R36.4.0" and probe.l4t_release(str(tmp_path / "absent")) is None
     assert jetson.is_jetson(release) and not jetson.is_jetson(tmp_path / "absent")
     assert kit.profile_shapes(16, 8) == {"input_ids": {"min": [1, 16], "opt": [1, 16], "max": [8, 16]}}
     with pytest.raises(kit.KitError):

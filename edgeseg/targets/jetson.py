@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg import trtprobe
 from edgeseg.bundle import (
     bundle_writer,
     copy_files,
@@ -43,7 +44,7 @@ from edgeseg.targets.jetson_kit import build_engine as kit
 
 log = logging.getLogger(__name__)
 
-TEGRA_RELEASE = kit.TEGRA_RELEASE
+TEGRA_RELEASE = trtprobe.TEGRA_RELEASE
 JETPACK = {
     "supported": ["JetPack 6.1 / 6.2 (L4T R36.4, TensorRT 10.3)", "JetPack 7.x (L4T R38, TensorRT 10.13+)"],
     "unsupported": "JetPack 6.0 and older (TensorRT 8.6: no strongly typed networks, no int64 inputs)",
@@ -143,7 +144,7 @@ def on_device_bundle(stage, out, max_batch, options, timing_cache=None, extra=No
     """On a Jetson: lint, build and verify the engine here (the gpu path), stamped with the L4T release."""
     if options.get("hardware_compatibility") != "none":
         raise EdgesegError("--hardware-compatible is not available on Jetson")
-    extra = {**(extra or {}), "jetson": {"l4t": kit.l4t_release(), "jetpack": JETPACK,
+    extra = {**(extra or {}), "jetson": {"l4t": trtprobe.l4t_release(), "jetpack": JETPACK,
                                          "command": f"python3 {trt_target.SCRIPT_NAME} (rebuild)"}}
     return trt_target.build_engine_bundle(stage, out, "jetson", max_batch, options, timing_cache, extra, progress,
                                           lint_version)

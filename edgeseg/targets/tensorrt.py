@@ -305,7 +305,7 @@ def build_engine_bundle(
         comparison, verification, latency = _check_engine(trt, tmp, stage, manifest, max_batch, options, say)
         stamps = {
             "version": trt.__version__, "builder": "polygraphy", "kit_version": kit.KIT_VERSION, "gpu": gpu,
-            "l4t": kit.l4t_release() if target == "jetson" else None, "built": kit.now(),
+            "l4t": trtprobe.l4t_release() if target == "jetson" else None, "built": kit.now(),
             "build_seconds": round(build_s, 1), "timing_cache": str(cache),
             "comparison": {**comparison, "vs": "onnxruntime CPU on the same ONNX"},
             "verification": {**verification, "vs": "reference.npz (FP32)"}, "latency_ms": latency,

@@ -91,7 +91,6 @@ KIT_VERSION = 4  # 2: trt_lint.py + trt_support.json, linted before building; 3:
 LINT_FILE = "trt_lint.py"
 ENGINE_FILE = "model.engine"
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec",)
-TEGRA_RELEASE = "/etc/nv_tegra_release"
 #: engine vs the FP32 reference (per-prompt mean token cosine over valid tokens); the manifest may override
 DEFAULT_GATES = {
     "fp32": {"mean_cosine": 0.9999, "worst_cosine": 0.999},
@@ -148,17 +147,7 @@ def shape_arg(shape) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-# -- the machine ---------------------------------------------------------------------------------
-def l4t_release(path: str = TEGRA_RELEASE) -> str | None:
-    """``R36.4.0`` from ``/etc/nv_tegra_release`` on a Jetson, else None."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    return f"R{match.group(1)}.{match.group(2)}" if match else "unknown"
-
-
+# -- the machine (see also trtprobe.py) ------------------------------------------------------------
 def polygraphy_available() -> bool:
     try:
         import polygraphy.backend.trt  # noqa: F401
@@ -526,7 +515,7 @@ def _main(args) -> int:
     print(f"bundle     {bundle} ({manifest['encoder']}, {plan['precision']}, context {plan['context_length']})")
     print("profile    " + ", ".join(f"{n} min {shape_arg(s['min'])} opt {shape_arg(s['opt'])} max "
                                      f"{shape_arg(s['max'])}" for n, s in plan["profile"].items()))
-    print(f"l4t        {l4t_release() or 'not a Jetson'}")
+    print(f"l4t        {trtprobe.l4t_release() or 'not a Jetson'}")
     print(f"tensorrt   python: {getattr(trt, '__version__', 'not importable')}; polygraphy: "
           f"{'yes' if polygraphy else 'no'}; trtexec: {trtexec or 'not found'}")
     if args.dry_run:
@@ -555,8 +544,8 @@ def _main(args) -> int:
     if args.skip_verify:
         print("verify     skipped (--skip-verify); the manifest is not updated")
         return 0
-    stamps = {"version": version, "builder": builder, "kit_version": KIT_VERSION, "gpu": gpu, "l4t": l4t_release(),
-              "built": now(), "build_seconds": round(build_s, 1), "lint": lint}
+    stamps = {"version": version, "builder": builder, "kit_version": KIT_VERSION, "gpu": gpu,
+              "l4t": trtprobe.l4t_release(), "built": now(), "build_seconds": round(build_s, 1), "lint": lint}
     return _verify(args, bundle, manifest, plan, builder, trt, trtexec, engine_path, stamps)
 
 
