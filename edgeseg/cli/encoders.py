@@ -19,6 +19,7 @@ from edgeseg.cli.common import (
     PROMPTS_HELP,
     SEED_RANGE,
     THREADS_RANGE,
+    _echo_record,
     _load,
     _note,
     _write_npz,
@@ -58,14 +59,7 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
         data = load_encoder(encoder, checkpoint, context_length, position_table).describe()
         data["weights"] = str(checkpoint)
         data["checkpoint_layout"] = read_checkpoint(checkpoint).layout
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
-            value = f"{value:,}"
-        click.echo(f"{key.ljust(width)}  {value}")
+    _echo_record(data, as_json)
 
 
 @cli.command()
