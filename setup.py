@@ -23,7 +23,8 @@ BASE = [
 ]
 EXTRAS = {
     # export, quantize, build, distill, convert, compare, analyze's embedding part, bench
-    "build": ["torch>=2.4,<=2.14.1", "onnx", "polygraphy", "safetensors"],
+    # (onnxconverter-common: FP16 conversion; psutil: process memory and CPU load in edgeseg bench)
+    "build": ["torch>=2.4,<=2.14.1", "onnx", "polygraphy", "safetensors", "onnxconverter-common>=1.16", "psutil"],
     # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and torchvision
     # without declaring them; scikit-image gives edgeseg bench the sample photos of its segmentation part.
     "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil", "scikit-image",

@@ -35,9 +35,11 @@ from edgeseg.errors import EdgesegError, require_extra
               help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
                    "(default: 32 prompts of the held-out reference split, which no gate and no fitted corpus uses).")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--dynamic-length", is_flag=True,
+              help="Dynamic sequence axis (causal SAM3 teacher only): ids of 1..L tokens, exact on valid positions.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None, opset: int,
-           reference_prompts: Path | None, seed: int, out: Path) -> None:
+           reference_prompts: Path | None, seed: int, dynamic_length: bool, out: Path) -> None:
     """Export an encoder to an FP32 ONNX bundle, verified against torch with ONNX Runtime.
 
     The graph takes input_ids int64 [batch, L] (dynamic batch, fixed L) and returns memory float32
@@ -52,8 +54,14 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 
     check_bundle_target(out)
     prompts = reference_set(reference_prompts)
+    if dynamic_length:
+        from edgeseg.encoders import get_config
+        from edgeseg.export import check_dynamic_length
+
+        check_dynamic_length(encoder, get_config(encoder))
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed)
-    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset)
+    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset,
+                             dynamic_length=dynamic_length)
     _note(f"exported {encoder} (context {manifest['context_length']}, FP32) -> {out}; ONNX Runtime vs torch "
           f"max abs diff {manifest['export']['max_abs_diff']:.2e}")
 

@@ -35,6 +35,8 @@ class Runner:
         self.manifest = manifest
         self.threads = threads
         self.context_length = int(manifest["context_length"])
+        #: a causal model exported with a dynamic sequence axis also takes ids of 1..context_length tokens
+        self.dynamic_length = bool(manifest.get("dynamic_length"))
         self.output_dim = int(manifest["outputs"][0]["shape"][-1])
         self.is_active = False
         self.bank = bank
@@ -78,8 +80,10 @@ class Runner:
         ids = np.asarray(input_ids)
         if not np.issubdtype(ids.dtype, np.integer):
             raise EdgesegError(f"input_ids must be integer token ids, got {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[1] != self.context_length:
-            raise EdgesegError(f"input_ids must be [batch, {self.context_length}], got {list(ids.shape)}")
+        if ids.ndim != 2 or not (ids.shape[1] == self.context_length
+                                 or self.dynamic_length and 1 <= ids.shape[1] <= self.context_length):
+            raise EdgesegError(f"input_ids must be [batch, {'1..' if self.dynamic_length else ''}"
+                               f"{self.context_length}], got {list(ids.shape)}")
         return self._infer(np.ascontiguousarray(ids, dtype=np.int64))
 
     def _infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
