@@ -25,8 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeseg import trtprobe
 from edgeseg.bundle import (
     bundle_writer,
@@ -38,7 +36,6 @@ from edgeseg.bundle import (
     verify_bundle,
 )
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import token_fidelity
 from edgeseg.targets import tensorrt as trt_target
 from edgeseg.targets.jetson_kit import build_engine as kit
 
@@ -69,13 +66,7 @@ def host_check(bundle_dir: Path, manifest: dict[str, Any], threads: int | None =
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(bundle_dir / manifest["model"]), options, providers=["CPUExecutionProvider"])
     memory, mask = session.run(["memory", "mask"], {"input_ids": reference["input_ids"]})
-    result = token_fidelity(memory, reference["memory"], reference["mask"])
-    result["mask_equal"] = bool(np.array_equal(mask, reference["mask"]))
-    gate = trt_target.engine_gate(manifest)
-    mean, worst = gate["mean_cosine"], gate["worst_cosine"]
-    result["gate"] = gate
-    result["passed"] = result["mask_equal"] and result["mean_cosine"] >= mean and result["worst_cosine"] >= worst
-    return result
+    return kit.verify_outputs(memory, mask, reference, trt_target.engine_gate(manifest))
 
 
 def device_bundle(
@@ -106,8 +97,8 @@ def device_bundle(
         check = host_check(tmp, manifest, threads)
         if not check["passed"]:
             raise EdgesegError(f"the Jetson bundle's ONNX does not match its reference outputs in ONNX Runtime "
-                               f"(mean cosine {check['mean_cosine']:.5f}, worst {check['worst_cosine']:.5f}, mask "
-                               f"{'equal' if check['mask_equal'] else 'differs'})")
+                               f"({check['reason']}: mean cosine {check.get('mean_cosine', float('nan')):.5f}, worst "
+                               f"{check.get('worst_cosine', float('nan')):.5f})")
         new = inherited(manifest)
         new.update({
             "target": "jetson",
