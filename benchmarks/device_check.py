@@ -100,7 +100,7 @@ def bench(out: Path) -> dict:
 
 
 def tensorrt(out: Path) -> dict:
-    from edgeseg.targets.tensorrt import import_tensorrt
+    from edgeseg.trtprobe import import_tensorrt
 
     if import_tensorrt() is None:
         message = "TensorRT is not installed (pip install tensorrt): skipping the TensorRT build and run"

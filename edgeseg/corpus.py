@@ -50,7 +50,7 @@ source lists (for calibration versus distill). :func:`split_of` answers it for o
 shipped files.
 
 Each output file is sorted by normalized text (Python code-point order), written as UTF-8 with one
-prompt per line and ``\\n`` line ends, atomically (temporary file, then ``os.replace``). The build is
+prompt per line and ``\\n`` line ends, atomically (:func:`edgeseg.fileio.atomic_path`). The build is
 byte-for-byte reproducible from the same source lists.
 
 Default prompt sets of the commands (one place for these rules): :func:`calibration_set`,
@@ -65,12 +65,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import atomic_path, read_prompts
 from edgeseg.tokenizer import clean_text
 
 log = logging.getLogger(__name__)
@@ -262,8 +262,6 @@ def evenly_spaced(prompts: Sequence[str], limit: int) -> list[str]:
 
 
 def _named(path: str | os.PathLike | None, split: str) -> tuple[list[str], str]:
-    from edgeseg.fileio import read_prompts
-
     if path is not None:
         return read_prompts(path), Path(path).name
     return load_split(split), f"edgeseg/{PROMPTS_PACKAGE_DIR}/{split}.txt"
@@ -308,8 +306,6 @@ def pruning_corpus(spec: str) -> tuple[list[str], str]:
     if spec == TRAIN_CORPUS:
         return (load_split("calibration") + load_split("distill"),
                 f"edgeseg/{PROMPTS_PACKAGE_DIR} train splits (calibration + distill)")
-    from edgeseg.fileio import read_prompts
-
     return read_prompts(spec), Path(spec).name
 
 
@@ -463,25 +459,11 @@ def _encode_lines(lines: Iterable[str]) -> bytes:
     return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def build_splits(

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -19,21 +17,17 @@ from pathlib import Path
 from edgeseg.bundlecheck import BundleError, printable, read_bounded
 from edgeseg.bundlecheck import sha256_file as sha256_file  # re-exported: one implementation
 from edgeseg.errors import EdgesegError
+from edgeseg.tmpnames import remove_path, tmp_prefix
+from edgeseg.tmpnames import remove_stale as remove_stale  # re-exported: atomic_path removes them too
 
 log = logging.getLogger(__name__)
 
 
-#: marks our temporary siblings: ``.{name}.tmp-{pid}-{random}`` (a killed run's are removed by the next run)
-TMP_TAG = ".tmp-"
 #: errors that only writing causes (a full disk or quota, a file too large, a read-only file system)
 WRITE_ONLY_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 #: errors of writing when they name the output (no permission, a pseudo file system, ...)
 WRITE_ERRORS = WRITE_ONLY_ERRORS | {errno.EACCES, errno.EPERM, errno.EIO, errno.ENAMETOOLONG, errno.ENOENT,
                                     errno.ENOTDIR, errno.EISDIR, errno.EXDEV, errno.EBUSY}
-
-
-def _tmp_prefix(target: Path) -> str:
-    return f".{target.name[:80]}{TMP_TAG}"
 
 
 def _write_error(target: Path, exc: OSError) -> EdgesegError:
@@ -45,7 +39,7 @@ def check_output_folder(target: str | os.PathLike) -> Path:
     parent = Path(target).parent if str(Path(target).parent) else Path(".")
     if not parent.is_dir():
         raise EdgesegError(f"output folder {printable(parent)} does not exist")
-    probe = parent / f"{_tmp_prefix(Path(target))}{os.getpid()}-probe"
+    probe = parent / f"{tmp_prefix(Path(target))}{os.getpid()}-probe"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         os.unlink(probe)
@@ -103,42 +97,8 @@ def check_not_an_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLik
                                "change it")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def remove_stale(target: str | os.PathLike) -> int:
-    """Remove the temporaries of ``target`` that a killed edgeseg left behind (their process is gone)."""
-    target = Path(target)
-    parent = target.parent if str(target.parent) else Path(".")
-    pattern = re.compile(re.escape(_tmp_prefix(target)) + r"(\d+)-")
-    removed = 0
-    with contextlib.suppress(OSError):
-        for entry in parent.glob(glob.escape(_tmp_prefix(target)) + "*"):
-            found = pattern.match(entry.name)
-            if found and int(found.group(1)) != os.getpid() and not _alive(int(found.group(1))):
-                log.info("removing %s, left by an interrupted run", entry)
-                _remove(entry)
-                removed += 1
-    return removed
-
-
 def _make_tmp(target: Path, directory: bool, tag: str = "") -> Path:
-    prefix = f"{_tmp_prefix(target)}{os.getpid()}-{tag}"
+    prefix = f"{tmp_prefix(target)}{os.getpid()}-{tag}"
     try:
         if directory:
             return Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
@@ -170,7 +130,7 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         yield tmp
         _replace(tmp, target, directory)
     except BaseException as exc:
-        _remove(tmp)
+        remove_path(tmp)
         if isinstance(exc, OSError) and (exc.errno in WRITE_ONLY_ERRORS or exc.errno in WRITE_ERRORS and (
                 exc.filename is None or str(exc.filename).startswith((str(tmp), str(target))))):
             raise _write_error(target, exc) from exc
@@ -181,7 +141,7 @@ def _replace(tmp: Path, target: Path, directory: bool) -> None:
     if not (directory and target.is_dir()):
         os.replace(tmp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f"{_tmp_prefix(target)}{os.getpid()}-old-", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=f"{tmp_prefix(target)}{os.getpid()}-old-", dir=target.parent))
     os.replace(target, old / "previous")
     try:
         os.replace(tmp, target)

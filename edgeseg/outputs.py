@@ -1,4 +1,8 @@
-"""Encoder outputs and how to compare them (numpy only: the deployment path uses this)."""
+"""Encoder outputs and how to compare them.
+
+numpy only, no edgeseg imports: the deployment path uses this, and the Jetson kit ships this file
+beside ``build_engine.py``, whose engine gate is :func:`token_fidelity`.
+"""
 
 from __future__ import annotations
 

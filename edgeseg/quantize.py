@@ -268,15 +268,30 @@ def _quantize_with_ort(fp32: Path, out: Path, mode: str, method: str, targets: l
                          nodes_to_quantize=targets or ["<none>"], extra_options={"MatMulConstBOnly": True})
 
 
-def _batches(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = (),
-             batch: int = 64) -> Iterator[list[np.ndarray]]:
-    """Run the ONNX model at ``path`` on ``ids`` in batches; yields ``[memory, mask, *extra_outputs]`` per batch."""
+def _cpu_session(model: str | bytes, threads: int | None):
+    """A quiet ONNX Runtime CPU session of ``model`` (a path or serialized bytes); ``threads`` intra-op
+    threads (None: ONNX Runtime's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _cosine_error(model: onnx.ModelProto, ids: np.ndarray, ref_memory: np.ndarray, ref_mask: np.ndarray,
+                  threads: int | None, batch: int = 64) -> float:
+    """1 - mean token cosine of ``model``'s memory on ``ids`` against the FP32 reference outputs."""
+    session = _cpu_session(model.SerializeToString(), threads)
+    memory = np.concatenate([session.run(["memory"], {"input_ids": ids[start:start + batch]})[0]
+                             for start in range(0, len(ids), batch)])
+    return 1.0 - token_fidelity(memory, ref_memory, ref_mask)["mean_cosine"]
+
+
+def _batches(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Sequence[str] = (),
+             batch: int = 64) -> Iterator[list[np.ndarray]]:
+    """Run the ONNX model at ``path`` on ``ids`` in batches; yields ``[memory, mask, *extra_outputs]`` per batch."""
     model_path = str(path)
     if extra_outputs:
         model = onnx.load(model_path)
@@ -287,7 +302,7 @@ def _batches(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Se
         os.close(fd)
         onnx.save(model, model_path)
     try:
-        session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+        session = _cpu_session(model_path, threads)
         names = ["memory", "mask", *extra_outputs]
         for start in range(0, len(ids), batch):
             yield session.run(names, {"input_ids": ids[start:start + batch]})
@@ -388,22 +403,14 @@ def restore_gains(fp32: Path, qdq: Path, ids: np.ndarray, layers: Sequence[str],
     Largest gain first. This is the classic per-layer sensitivity analysis, made cheap by editing
     the graph instead of re-quantizing.
     """
-    import onnxruntime as ort
-
     fmodel, qmodel = onnx.load(str(fp32)), onnx.load(str(qdq))
     f_nodes = {n.name: n for n in fmodel.graph.node}
     f_inits = {i.name: i for i in fmodel.graph.initializer}
     producer = {o: n for n in qmodel.graph.node for o in n.output}
     ref_memory, ref_mask = _run(fp32, ids, threads)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
 
     def error(model: onnx.ModelProto) -> float:
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        memory, _ = session.run(["memory", "mask"], {"input_ids": ids})
-        return 1.0 - token_fidelity(memory, ref_memory, ref_mask)["mean_cosine"]
+        return _cosine_error(model, ids, ref_memory, ref_mask, threads)
 
     base = error(qmodel)
     gains = []
@@ -689,15 +696,9 @@ def dynamic_restore_damage(fp32: Path, ids: np.ndarray, layers: Sequence[str],
     whether the layer's error reaches the output (MobileCLIP's RepMixer blocks, scaled by a small
     layer scale, barely do). Largest first.
     """
-    import onnxruntime as ort
-
     fmodel = onnx.load(str(fp32))
     inits = {i.name: i for i in fmodel.graph.initializer}
     ref_memory, ref_mask = _run(fp32, ids, threads)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
     damage = []
     for name in layers:
         index = next((i for i, n in enumerate(fmodel.graph.node) if n.name == name), None)
@@ -719,10 +720,7 @@ def dynamic_restore_damage(fp32: Path, ids: np.ndarray, layers: Sequence[str],
         node.input[0], node.input[1] = tag + "_x", tag + "_w"
         variant.graph.node.insert(index, dequant)
         variant.graph.node.insert(index, quant)
-        session = ort.InferenceSession(variant.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        memories = [session.run(["memory"], {"input_ids": ids[start:start + 64]})[0]
-                    for start in range(0, len(ids), 64)]
-        damage.append((name, 1.0 - token_fidelity(np.concatenate(memories), ref_memory, ref_mask)["mean_cosine"]))
+        damage.append((name, _cosine_error(variant, ids, ref_memory, ref_mask, threads)))
     return sorted(damage, key=lambda item: -item[1])
 
 

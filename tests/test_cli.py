@@ -25,12 +25,12 @@ import pickle
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from forked_cli import ForkServer, Run, fresh_run
 
 from edgeseg.checkpoints import save_encoder
 from edgeseg.encode import encode_prompts
@@ -65,105 +65,24 @@ BUFFER_BYTES = {"sam3": 0, "mobileclip-s0": S0_BATCHNORMS * (2 * 512 * 4 + 8), "
 KNOWN_CLI_BUGS: dict[str, str] = {}  # case id -> reason; a listed case is an expected failure
 
 
-# -- running the CLI ----------------------------------------------------------------------------
-@dataclass
-class Run:
-    args: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return f"edgeseg {' '.join(self.args)} -> {self.returncode}\n--stdout--\n{self.stdout}--stderr--\n{self.stderr}"
-
-
-# The helper process: import torch (the slow part) once, then fork one child per command. The
-# child runs edgeseg.cli as __main__ like `python -m edgeseg.cli`, handling SystemExit and
-# uncaught exceptions the way the interpreter does, with stdin from /dev/null and stdout/stderr
-# into files; the parent reports its exit status.
-_FORK_SERVER = r"""
-import json, os, runpy, signal, sys
-import torch, torch._dynamo
-print("ready", flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(req["cwd"])
-            for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
-                                    (1, req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                                    (2, req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-                os.dup2(os.open(path, flags, 0o644), fd)
-            signal.alarm(req["timeout"])
-            sys.argv = ["edgeseg", *req["args"]]
-            try:
-                runpy.run_module("edgeseg.cli", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exc:
-                if exc.code is None or isinstance(exc.code, int):
-                    code = exc.code or 0
-                else:
-                    print(exc.code, file=sys.stderr)
-            except BaseException:
-                sys.excepthook(*sys.exc_info())
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code & 0xFF)
-    _, status = os.waitpid(pid, 0)
-    sys.stdout.write(json.dumps(os.waitstatus_to_exitcode(status)) + "\n")
-    sys.stdout.flush()
-"""
-
-
+# -- running the CLI (tests/forked_cli.py) --------------------------------------------------------
 class CLI:
     """Runs ``edgeseg ARGS`` in a separate process: a fork of the helper, or a fresh interpreter."""
 
     def __init__(self, workdir: Path, fresh: bool):
-        self.workdir = workdir
-        self.fresh = fresh
-        self.count = 0
-        self.server = None
-        self.preload_stderr = ""
-        if not fresh:
-            self._server_err = workdir / "server.stderr"
-            with open(self._server_err, "w") as err:
-                self.server = subprocess.Popen([sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE,
-                                               stdout=subprocess.PIPE, stderr=err, text=True, cwd=workdir)
-        self.ready = fresh
-
-    def _wait_ready(self) -> None:
-        if not self.ready:
-            assert self.server.stdout.readline() == "ready\n", self._server_err.read_text()
-            # whatever importing torch printed would reach the stderr of a real run too
-            self.preload_stderr = self._server_err.read_text()
-            self.ready = True
+        self.workdir, self.fresh = workdir, fresh
+        self.server = None if fresh else ForkServer(workdir, TIMEOUT_S)
 
     def __call__(self, *args: str | os.PathLike, cwd: Path | None = None) -> Run:
-        args = tuple(str(a) for a in args)
-        cwd = cwd or self.workdir
         if self.fresh:
-            proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", *args], capture_output=True, text=True,
-                                  cwd=cwd, stdin=subprocess.DEVNULL, timeout=TIMEOUT_S)
-            return Run(args, proc.returncode, proc.stdout, proc.stderr)
-        self._wait_ready()
-        self.count += 1
-        out, err = self.workdir / f"run{self.count}.stdout", self.workdir / f"run{self.count}.stderr"
-        request = {"args": args, "cwd": str(cwd), "stdout": str(out), "stderr": str(err), "timeout": TIMEOUT_S}
-        self.server.stdin.write(json.dumps(request) + "\n")
-        self.server.stdin.flush()
-        reply = self.server.stdout.readline()
-        assert reply, f"the fork helper died:\n{self._server_err.read_text()}"
-        return Run(args, json.loads(reply), out.read_text(), self.preload_stderr + err.read_text())
+            return fresh_run(tuple(str(a) for a in args), cwd or self.workdir, TIMEOUT_S)
+        run = self.server(*args, cwd=cwd)
+        # whatever importing torch printed would reach the stderr of a real run too
+        return Run(run.args, run.returncode, run.stdout, self.server.preload_stderr + run.stderr)
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.stdin.close()
-            self.server.wait(timeout=30)
+            self.server.close()
 
 
 @pytest.fixture(scope="module")

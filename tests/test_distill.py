@@ -150,9 +150,14 @@ def test_cache_targets_resume_and_teacher_check(tmp_path):
     build_cache(tmp_path, prompts, ids, tid, factory, context_length=16, shard_size=8, progress=False)
     assert len(calls) == 1
     (cache.folder / "targets-00001.npy").unlink()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = cache.folder / f".targets-00001.npy.tmp-{dead.pid}-abc.npy"  # what a SIGKILLed build leaves
+    killed.write_bytes(b"half a shard")
     before = (cache.folder / "targets-00000.npy").stat().st_mtime_ns
     again = build_cache(tmp_path, prompts, ids, tid, factory, context_length=16, shard_size=8, progress=False)
     assert len(calls) == 2 and (cache.folder / "targets-00000.npy").stat().st_mtime_ns == before
+    assert not [p.name for p in cache.folder.iterdir() if ".tmp-" in p.name]  # the killed run's is removed
     assert np.array_equal(again.targets(np.arange(20)), expected)
 
     other = teacher_identity("sam3", "ab" * 32, 0, None)
@@ -483,6 +488,7 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(corpus, tmp_path, c
                   "once its 5 held-out prompt(s) are dropped", capsys, out)
     _expect_error(["distill", "--student", "mobileclip-s0", "--out", str(tmp_path / "no" / "run")],
                   "does not exist", capsys, tmp_path / "no")
+    _expect_error([*base, "--student", "mobileclip-s0", "--device", "gpu7"], "unknown --device 'gpu7'", capsys, out)
 
     locked = tmp_path / "locked"
     locked.mkdir()

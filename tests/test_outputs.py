@@ -1,19 +1,25 @@
 """The gate metric (``token_fidelity``), ``pooled`` and ``cosine`` against hand-computed cases.
 
 Every expected number below is worked out by hand in the comments, not produced by the code under
-test; the on-device copy in the Jetson kit (standalone, numpy only) is checked against the same
-cases and against ``edgeseg.outputs`` on random data.
+test. The Jetson kit (standalone, numpy only) has no copy of its own: ``outputs.py`` ships beside
+``build_engine.py``, and the kit, loaded as on the device, is checked to gate with that very file on the
+same cases (padding rows holding NaN included).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import edgeseg.outputs
 from edgeseg.outputs import cosine, pooled, retrieval, token_fidelity
-from edgeseg.targets.jetson_kit import build_engine as kit
+from edgeseg.targets.jetson_kit import KIT_FILES
+from edgeseg.targets.jetson_kit import build_engine as host_kit
 
 # Two prompts, L = 3, width 2.
 #   prompt 0: valid rows 0, 1 (row 2 padding)
@@ -74,18 +80,37 @@ def test_pooled_and_cosine_hand_case():
     assert cosine(np.zeros(3), np.ones(3)) == 0.0  # no division by zero
 
 
-def test_jetson_kit_copy_agrees():
-    got = kit.token_fidelity(CANDIDATE, REFERENCE, MASK)
-    assert got["mean_cosine"] == pytest.approx((PROMPT0 - 1) / 2, abs=1e-12)
-    assert got["worst_cosine"] == pytest.approx(-1.0, abs=1e-12)
-    assert got["max_abs_diff"] == pytest.approx(4.0, abs=1e-12)
-    rng = np.random.default_rng(1)
-    cand, ref = rng.normal(size=(2, 6, 7, 16)).astype(np.float32)
-    mask = rng.random((6, 7)) < 0.4
-    mask[:, 0] = False
-    ours, theirs = token_fidelity(cand, ref, mask), kit.token_fidelity(cand, ref, mask)
-    for key in ("mean_cosine", "worst_cosine", "max_abs_diff", "prompts"):
-        assert theirs[key] == pytest.approx(ours[key], abs=1e-12)
+def _kit_as_on_the_device(folder: Path):
+    """build_engine.py loaded from a folder holding only the kit files (as copied into bundles)."""
+    for path in KIT_FILES:
+        shutil.copy2(path, folder / path.name)
+    spec = importlib.util.spec_from_file_location("build_engine_standalone", folder / "build_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jetson_kit_copy_agrees(tmp_path):
+    """The kit gates with edgeseg.outputs itself: on the host the module, on the device the shipped file."""
+    assert host_kit.outputs is edgeseg.outputs
+    kit = _kit_as_on_the_device(tmp_path)
+    assert not hasattr(kit, "token_fidelity")  # no copy of its own
+    assert Path(kit.outputs.__file__) == tmp_path / "outputs.py"
+    assert (tmp_path / "outputs.py").read_bytes() == Path(edgeseg.outputs.__file__).read_bytes()
+    gate = {"mean_cosine": -1.0, "worst_cosine": -1.0}
+    reference = {"memory": REFERENCE, "mask": MASK}
+    noisy = CANDIDATE.copy()
+    noisy[MASK] = np.array([np.nan, np.inf], np.float32)  # garbage in the padding rows (a backend may leave it)
+    for candidate in (CANDIDATE, noisy):
+        got = kit.verify_outputs(candidate, MASK, reference, gate)
+        assert got["mean_cosine"] == pytest.approx((PROMPT0 - 1) / 2, abs=1e-12)
+        assert got["worst_cosine"] == pytest.approx(-1.0, abs=1e-12)
+        assert got["max_abs_diff"] == pytest.approx(4.0, abs=1e-12)
+        assert got["mse"] == pytest.approx(4.125, abs=1e-12)
+        assert got["mask_equal"] and got["passed"]
+    bad = CANDIDATE.copy()
+    bad[0, 0] = np.nan  # NaN in a valid row fails the gate
+    assert not kit.verify_outputs(bad, MASK, reference, gate)["passed"]
 
 
 # Pooled retrieval, three prompts, width 2: references r0 = (1, 0), r1 = (0, 1), r2 = (1, 1).

@@ -8,9 +8,9 @@ unverified file), malformed manifests, outputs that are inputs or cannot be writ
 non-finite weights, a planted pickle, unbounded work, control characters in names.
 
 A fresh interpreter spends seconds importing torch, so commands run in children forked from one
-helper process that has imported torch (as tests/test_cli.py does); this helper also reports the
-child's pid at once, so that a test can signal a running command, and can cap the size of the
-files a command writes (RLIMIT_FSIZE: a disk that fills up). Expected values come from the issue's
+helper process that has imported torch (tests/forked_cli.py, as tests/test_cli.py does); the helper
+also reports the child's pid at once, so that a test can signal a running command, and can cap the
+size of the files a command writes (RLIMIT_FSIZE: a disk that fills up). Expected values come from the issue's
 contract and from independent computations (hashes with hashlib, a reference BPE written here).
 """
 
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from forked_cli import ForkServer, Run
 from safetensors.torch import save_file
 from test_encoders_mobileclip import tiny_student
 
@@ -45,87 +46,9 @@ PROMPTS = "a dog\nred car on the left\n"
 SOT, EOT = 49406, 49407
 PROMPT_SETS = Path(__file__).resolve().parents[1] / "edgeseg" / "data" / "prompts"
 
-# The helper: import torch once; per request fork a child that runs edgeseg.cli as __main__ with its own
-# stdout/stderr files and optional file-size limit, report {"pid"} at once and {"status"} when it ends.
-_SERVER = r"""
-import json, os, resource, runpy, signal, sys
-import torch
-print(json.dumps({"ready": True}), flush=True)
-for line in sys.stdin:
-    req = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(req["cwd"])
-            for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
-                                    (1, req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                                    (2, req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-                os.dup2(os.open(path, flags, 0o644), fd)
-            if req.get("fsize"):
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (req["fsize"], req["fsize"]))
-            signal.alarm(req["timeout"])
-            sys.argv = ["edgeseg", *req["args"]]
-            try:
-                runpy.run_module("edgeseg.cli", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                sys.excepthook(*sys.exc_info())
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code & 0xFF)
-    print(json.dumps({"pid": pid}), flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
-"""
-
-
-class Result:
-    def __init__(self, args, code: int, stdout: str, stderr: str):
-        self.args, self.code, self.stdout, self.stderr = args, code, stdout, stderr
-
-    def __repr__(self) -> str:
-        return f"edgeseg {' '.join(self.args)} -> {self.code}\n--stderr--\n{self.stderr}"
-
-
-class Runner:
-    """``edgeseg ARGS`` in a child of the helper; ``during`` is called with the child's pid while it runs."""
-
-    def __init__(self, workdir: Path):
-        self.workdir, self.count = workdir, 0
-        self.server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL, text=True, cwd=workdir)
-        self.ready = False
-
-    def __call__(self, *args, cwd: Path | None = None, fsize: int | None = None, during=None) -> Result:
-        if not self.ready:
-            assert json.loads(self.server.stdout.readline()) == {"ready": True}
-            self.ready = True
-        args = [str(a) for a in args]
-        self.count += 1
-        out, err = self.workdir / f"{self.count}.out", self.workdir / f"{self.count}.err"
-        request = {"args": args, "cwd": str(cwd or self.workdir), "stdout": str(out), "stderr": str(err),
-                   "timeout": TIMEOUT_S, "fsize": fsize}
-        self.server.stdin.write(json.dumps(request) + "\n")
-        self.server.stdin.flush()
-        pid = json.loads(self.server.stdout.readline())["pid"]
-        if during is not None:
-            during(pid)
-        code = json.loads(self.server.stdout.readline())["status"]
-        return Result(args, code, out.read_text(errors="replace"), err.read_text(errors="replace"))
-
-    def close(self) -> None:
-        self.server.stdin.close()
-        self.server.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
-    runner = Runner(tmp_path_factory.mktemp("runs"))
+    runner = ForkServer(tmp_path_factory.mktemp("runs"), TIMEOUT_S)
     yield runner
     runner.close()
 
@@ -145,7 +68,7 @@ def snapshot(*paths: Path) -> dict[str, str]:
     return seen
 
 
-def refused(run: Result, needle: str) -> str:
+def refused(run: Run, needle: str) -> str:
     """Exit 2, one stderr line starting 'edgeseg: error:' that holds ``needle``, no traceback."""
     assert run.code == 2, run
     lines = run.stderr.splitlines()
@@ -156,7 +79,7 @@ def refused(run: Result, needle: str) -> str:
     return errors[0]
 
 
-def succeeded(run: Result) -> Result:
+def succeeded(run: Run) -> Run:
     assert run.code == 0 and "Traceback" not in run.stderr, run
     return run
 

@@ -7,6 +7,7 @@ Oracles: the torch models the bundles were exported from (forward passes here), 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -291,3 +292,80 @@ def test_cli_bundle_path_never_imports_torch(s0, prompts_file, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with np.load(out, allow_pickle=False) as data:
         assert data["memory"].shape == (len([p for p in PROMPTS if p.strip()]), 16, 256)
+
+
+# -- the run side imports nothing from the build side ---------------------------------------------
+PACKAGE = REPO / "edgeseg"
+#: the run side: the runtime and the modules the deployment path is made of
+RUN_SIDE = [*sorted((PACKAGE / "runtime").glob("*.py")), *(PACKAGE / f"{name}.py" for name in (
+    "bank", "bundle", "bundlecheck", "outputs", "tokenizer", "fileio", "backends", "trtprobe", "tmpnames"))]
+BUILD_SIDE = ("edgeseg.targets", "edgeseg.export", "edgeseg.quantize", "edgeseg.distill", "edgeseg.checkpoints",
+              "edgeseg.encoders", "torch")
+
+
+def package_of(path: Path) -> str:
+    """The package a module file sits in (``edgeseg/runtime/base.py`` -> ``edgeseg.runtime``)."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts if path.name == "__init__.py" else parts[:-1])
+
+
+def imported_modules(source: str, package: str) -> list[tuple[int, str]]:
+    """Every module an ``import`` in ``source`` names, at module level or inside a function (``from a import b``
+    names ``a`` and ``a.b``: ``b`` may be a submodule); relative imports resolved against ``package``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}".rstrip(".")
+            found += [(node.lineno, base)] + [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of edgeseg module ``name`` in this tree, or None (not edgeseg, or not a module)."""
+    if name != "edgeseg" and not name.startswith("edgeseg."):
+        return None
+    base = REPO.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _is_build_side(name: str) -> bool:
+    return any(name == b or name.startswith(b + ".") for b in BUILD_SIDE)
+
+
+def test_imports_of_the_run_side_walk_every_form():
+    """The walk itself: every import form, and the build-side test, on a hand-written file."""
+    code = ("import numpy\nfrom edgeseg import targets\nfrom . import base\nfrom ..quantize import x\n"
+            "def f():\n    import torch.nn as nn\n")
+    names = {name for _, name in imported_modules(code, "edgeseg.runtime")}
+    assert {"numpy", "edgeseg.targets", "edgeseg.runtime.base", "edgeseg.quantize", "edgeseg.quantize.x",
+            "torch.nn"} <= names
+    assert [n for n in sorted(names) if _is_build_side(n)] == ["edgeseg.quantize", "edgeseg.quantize.x",
+                                                               "edgeseg.targets", "torch.nn"]
+    assert not _is_build_side("edgeseg.targetsx") and package_of(PACKAGE / "runtime" / "base.py") == "edgeseg.runtime"
+    assert module_file("edgeseg.runtime.base") == PACKAGE / "runtime" / "base.py" and module_file("numpy") is None
+
+
+def test_the_run_side_imports_nothing_from_the_build_side():
+    """Every run-side module, and every edgeseg module they import (transitively), imports neither torch
+    nor the build side, at module level or inside a function."""
+    todo, seen, offences = list(RUN_SIDE), set(), []
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for line, name in imported_modules(path.read_text(encoding="utf-8"), package_of(path)):
+            if _is_build_side(name):
+                offences.append(f"{path.relative_to(REPO)}:{line} imports {name}")
+            elif (found := module_file(name)) is not None:
+                todo.append(found)
+    assert not offences, "\n".join(offences)
+    assert PACKAGE / "errors.py" in seen and len(seen) > len(RUN_SIDE)  # the walk followed the imports

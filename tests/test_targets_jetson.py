@@ -12,6 +12,7 @@ import ast
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from onnx import TensorProto, numpy_helper
 from test_encoders_mobileclip import tiny_student
 
 import edgeseg.runtime
+from edgeseg import backends
 from edgeseg.bundle import verify_bundle
 from edgeseg.errors import EdgesegError
 from edgeseg.export import export_bundle
@@ -83,7 +85,7 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     assert manifest == result.manifest
     assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz",
                                       "build_engine.py", "trt_lint.py", "trt_support.json", "bundlecheck.py",
-                                      "manifest.schema.json"}
+                                      "manifest.schema.json", "outputs.py", "trtprobe.py", "tmpnames.py"}
     assert (manifest["target"], manifest["backend"], manifest["model"], manifest["precision"]) == (
         "jetson", "onnxruntime", "model.onnx", "int8")
     engine = manifest["engine"]
@@ -197,11 +199,14 @@ def test_script_imports_only_numpy_tensorrt_polygraphy_and_stdlib(int8_build):
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
-    # edgeseg only when imported by edgeseg itself; on the device the bundle rules come from bundlecheck.py
-    assert roots - set(sys.stdlib_module_names) == {"numpy", "tensorrt", "polygraphy", "edgeseg"}
-    # the lint it runs first: numpy and onnx (imported only when a graph is linted); the bundle rules:
-    # the standard library (jsonschema when it is installed)
-    for name, allowed in (("trt_lint.py", {"onnx"}), ("bundlecheck.py", {"jsonschema"})):
+    # edgeseg only when imported by edgeseg itself; on the device its modules come from the copies beside it
+    assert roots - set(sys.stdlib_module_names) == {"numpy", "polygraphy", "edgeseg"}
+    # the lint it runs first: onnx (imported only when a graph is linted); the bundle rules:
+    # the standard library (jsonschema when it is installed); the gate metric: numpy; the probes: TensorRT and
+    # polygraphy, imported only when used; the temporaries: the standard library. None of them imports edgeseg.
+    for name, allowed in (("trt_lint.py", {"onnx"}), ("bundlecheck.py", {"jsonschema"}),
+                          ("outputs.py", {"numpy"}), ("trtprobe.py", {"tensorrt", "polygraphy"}),
+                          ("tmpnames.py", set())):
         tree = ast.parse((out / name).read_text())
         roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
@@ -343,7 +348,8 @@ def test_kit_parsers(int8_build, tmp_path):
     assert kit.trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec") == "10.3.0"
     assert kit.trtexec_version("[TensorRT v101300]") == "10.13.0"
     assert kit.trtexec_version("[TensorRT v8602]") == "8.6.2"
-    assert kit.tensorrt_version_tuple("8.6.2") < kit.MIN_TENSORRT <= kit.tensorrt_version_tuple("10.3.0")
+    probe = kit.trtprobe  # the copy beside the script
+    assert probe.tensorrt_version_tuple("8.6.2") < probe.MIN_TENSORRT <= probe.tensorrt_version_tuple("10.3.0")
     text = json.dumps([{"name": "memory", "dimensions": "2x3x4", "values": list(range(24))},
                        {"name": "mask", "dimensions": "2x3", "values": [0, 1, 1, 0, 0, 1]}])
     parsed = kit.parse_trtexec_outputs(text)
@@ -353,7 +359,7 @@ def test_kit_parsers(int8_build, tmp_path):
     assert kit.parse_trtexec_latency(log) == 0.44 and kit.parse_trtexec_latency("nothing") is None
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64, DATE: x\n")
-    assert kit.l4t_release(str(release)) == "R36.4.0" and kit.l4t_release(str(tmp_path / "absent")) is None
+    assert probe.l4t_release(str(release)) == "R36.4.0" and probe.l4t_release(str(tmp_path / "absent")) is None
     assert jetson.is_jetson(release) and not jetson.is_jetson(tmp_path / "absent")
     assert kit.profile_shapes(16, 8) == {"input_ids": {"min": [1, 16], "opt": [1, 16], "max": [8, 16]}}
     with pytest.raises(kit.KitError):
@@ -375,7 +381,15 @@ def test_kit_verification_and_manifest_bookkeeping(bundle_copy):
         "below the cosine gate"
     # A placeholder file, not an engine: this checks only how the script records a verified engine.
     (bundle_copy / "model.engine").write_bytes(b"placeholder, not a TensorRT engine")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = bundle_copy / f".manifest.json.tmp-{dead.pid}-kit"  # left by a run that was killed
+    other = bundle_copy / f".manifest.json.tmp-{os.getppid()}-kit"  # a run still going: left alone
+    stale.write_text("{")
+    other.write_text("{")
     kit.update_manifest(bundle_copy, manifest, "model.engine", {"version": "placeholder"})
+    assert sorted(p.name for p in bundle_copy.glob(".manifest.json.tmp-*")) == [other.name]
+    other.unlink()
     updated = verify_bundle(bundle_copy)  # edgeseg accepts the script's manifest
     assert (updated["model"], updated["backend"], updated["engine"]["built"]) == ("model.engine", "tensorrt", True)
     assert updated["engine"]["onnx"] == "model.onnx" and "model.onnx" in updated["files"]
@@ -405,7 +419,7 @@ def test_stage_plan_refuses_what_tensorrt_cannot_take(tiny_fp32, tmp_path):
 
 
 def test_on_a_jetson_the_gpu_path_needs_tensorrt(monkeypatch):
-    monkeypatch.setattr(trt_target, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(backends, "import_tensorrt", lambda: None)
     with pytest.raises(EdgesegError, match="^TensorRT not found"):
         pipeline.preflight("jetson", "int8", False, jetson_probe=lambda: True)
     assert pipeline.preflight("jetson", "int8", False, jetson_probe=lambda: False) == {"on_jetson": False}

@@ -17,6 +17,7 @@ import pytest
 from conftest import calibration_prompts
 from test_encoders_mobileclip import tiny_student
 
+from edgeseg import backends, trtprobe
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
 from edgeseg.export import export_bundle
@@ -43,7 +44,7 @@ def fake_tensorrt(version: str = "10.3.0", builder: bool = True) -> types.Module
 
 
 def test_cli_gpu_without_tensorrt_is_one_line_and_exit_2(tmp_path, capsys):
-    if kit.import_tensorrt() is not None:
+    if trtprobe.import_tensorrt() is not None:
         pytest.skip("TensorRT is installed here")
     code = main(["build", "--target", "gpu", "--encoder", "mobileclip-s0", "--out", str(tmp_path / "g")])
     err = capsys.readouterr().err
@@ -56,16 +57,16 @@ def test_cli_gpu_without_tensorrt_is_one_line_and_exit_2(tmp_path, capsys):
 def test_require_tensorrt_branches(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(builder=False))  # PyPI's stub: no libraries
     with pytest.raises(EdgesegError) as err:
-        trt_target.require_tensorrt(gpu_probe=lambda: GPU)
-    assert str(err.value) == trt_target.TENSORRT_MISSING
+        backends.require_tensorrt(gpu_probe=lambda: GPU)
+    assert str(err.value) == backends.TENSORRT_MISSING
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("8.6.1"))
     with pytest.raises(EdgesegError, match="TensorRT 8.6.1 is too old"):
-        trt_target.require_tensorrt(gpu_probe=lambda: GPU)
+        backends.require_tensorrt(gpu_probe=lambda: GPU)
     fake = fake_tensorrt("10.3.0")
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     with pytest.raises(EdgesegError, match="^no NVIDIA GPU found.*--target jetson"):
-        trt_target.require_tensorrt(gpu_probe=lambda: None)
-    assert trt_target.require_tensorrt(gpu_probe=lambda: GPU) == (fake, GPU)
+        backends.require_tensorrt(gpu_probe=lambda: None)
+    assert backends.require_tensorrt(gpu_probe=lambda: GPU) == (fake, GPU)
 
 
 def test_builder_options_and_engine_section():
@@ -151,14 +152,14 @@ def test_runtime_runner_without_tensorrt(tiny_pair, monkeypatch):
     from edgeseg.bundle import verify_bundle
     from edgeseg.runtime.tensorrt import TensorRTRunner
 
-    monkeypatch.setattr(trt_target, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(backends, "import_tensorrt", lambda: None)
     runner = TensorRTRunner(tiny_pair[0], verify_bundle(tiny_pair[0]))
     with pytest.raises(EdgesegError, match="^TensorRT not found"):
         runner.activate()
 
 
 def _has_gpu() -> bool:
-    return kit.gpu_info() is not None
+    return trtprobe.gpu_info() is not None
 
 
 def test_real_engine(tiny_pair, tmp_path):

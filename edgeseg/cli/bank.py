@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from edgeseg.cli.common import PROMPTS_HELP, _note, cli
+from edgeseg.cli.common import PROMPTS_HELP, _echo_record, _note, cli
 from edgeseg.errors import EdgesegError
 
 
@@ -76,12 +75,7 @@ def info_command(bank_file: Path, as_json: bool) -> None:
     opened = open_bank(bank_file, verify_data=False)
     data = {**opened.header.describe(), "bytes": opened.size,
             "bytes_per_1000_prompts": round(opened.size * 1000 / opened.header.prompts)}
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        click.echo(f"{key.ljust(width)}  {json.dumps(value) if isinstance(value, dict) else value}")
+    _echo_record(data, as_json)
 
 
 @bank.command("verify")

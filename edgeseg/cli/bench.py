@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import (
-    _check_device,
     _note,
     cli,
 )
+from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError, require_extra
 
 
@@ -74,7 +74,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
     except ValueError as exc:
         raise EdgesegError(f"--batch takes comma-separated integers, got {batches!r}") from exc
     if device != "cpu":
-        _check_device(device)
+        check_device(device)
     bars = _read_json(bars_file, "--bars").get("bars", []) if bars_file else []
     suite_run = _read_json(suite_run_file, "--suite-run") if suite_run_file else None
     opts = BenchOptions(candidates=list(candidates), out=out, baseline=baseline, batches=sizes, threads=threads,

@@ -59,6 +59,20 @@ def _note(message: str) -> None:
     click.echo(f"edgeseg: {printable(message, 2000)}", err=True)
 
 
+def _echo_record(data: dict, as_json: bool) -> None:
+    """Print ``data`` as JSON, or as aligned ``key  value`` lines (dicts as JSON, large counts with commas)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+            value = f"{value:,}"
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
 def _load(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None,
           device: str, seed: int):
     from edgeseg.checkpoints import load_encoder
@@ -161,18 +175,6 @@ def _source(checkpoint: Path | None, seed: int) -> dict:
     if checkpoint is None:
         return {"checkpoint": None, "checkpoint_sha256": "random", "seed": seed}
     return {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint), "seed": None}
-
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise EdgesegError(f"unknown --device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EdgesegError(f"--device {device}: CUDA is not available on this machine")
 
 
 

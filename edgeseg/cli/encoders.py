@@ -19,13 +19,14 @@ from edgeseg.cli.common import (
     PROMPTS_HELP,
     SEED_RANGE,
     THREADS_RANGE,
-    _check_device,
+    _echo_record,
     _load,
     _note,
     _write_npz,
     cli,
     parse_checkpoints,
 )
+from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError, require_extra
 
 
@@ -58,14 +59,7 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
         data = load_encoder(encoder, checkpoint, context_length, position_table).describe()
         data["weights"] = str(checkpoint)
         data["checkpoint_layout"] = read_checkpoint(checkpoint).layout
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
-            value = f"{value:,}"
-        click.echo(f"{key.ljust(width)}  {value}")
+    _echo_record(data, as_json)
 
 
 @cli.command()
@@ -140,7 +134,7 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
     else:
         from edgeseg.encode import encode_prompts
 
-        _check_device(device)
+        check_device(device)
         model = _load(encoder, checkpoint, context_length, position_table, device, seed)
         with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
             result = encode_prompts(model, prompts, batch_size=batch_size or 64, progress=bar.update)

@@ -16,7 +16,8 @@ straight from the page cache. Targets are the teacher's memory at the *student's
 (16): the same token ids go through both models. The SAM3 teacher is causal, so its first 16
 positions are those of its native 32-token run on the same (truncated) ids.
 
-A shard file appears atomically (temporary name, then rename) when all its rows are done, so an
+A shard file appears atomically (:func:`edgeseg.fileio.atomic_path`: a temporary named after the
+process, then a rename; a killed run's are removed by the next) when all its rows are done, so an
 interrupted build resumes by computing only the missing shards. Under ``torchrun`` rank r builds
 shards r, r + world, ...; rank 0 alone writes the manifest, keys and ids.
 """
@@ -27,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +80,14 @@ def teacher_identity(name: str, checkpoint_sha256: str | None, seed: int, config
     return f"{name}/{ident}"
 
 
-def _public(tmp: str) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates private files
-
-
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    _public(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".npy", dir=path.parent)
-    _public(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path
 
@@ -556,6 +557,7 @@ def prepare_prompts(cfg: DistillConfig, note: Callable[[str], None]) -> RunPromp
 
 
 def _setup_device(cfg: DistillConfig) -> tuple[Dist, str, bool]:
+    check_device(cfg.device)
     dist = init_distributed(cfg.device)
     device = cfg.device
     if torch.device(device).type == "cuda" and dist.enabled:

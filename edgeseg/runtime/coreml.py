@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from edgeseg.backends import require_coremltools
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.base import Runner
 
@@ -20,9 +21,7 @@ class CoreMLRunner(Runner):
         if sys.platform != "darwin":
             raise EdgesegError("Core ML bundles run on macOS 14+ / iOS 17+ only (coremltools cannot run models on "
                                f"{sys.platform}); use an onnx bundle here")
-        from edgeseg.targets.coreml import require_coremltools
-
-        ct = require_coremltools()
+        ct = require_coremltools("running a Core ML bundle")
         info = self.manifest.get("coreml") or {}
         package = self.bundle / info.get("package", "model.mlpackage")
         self.max_batch = int(info.get("max_batch", 1))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeseg import trtprobe
+from edgeseg.backends import require_tensorrt
 from edgeseg.errors import EdgesegError
 from edgeseg.runtime.base import Runner
 
@@ -14,8 +16,6 @@ class TensorRTRunner(Runner):
     runner = None
 
     def _activate(self) -> None:
-        from edgeseg.targets.tensorrt import require_tensorrt, trt_runner
-
         trt, gpu = require_tensorrt()
         engine = self.manifest.get("engine") or {}
         self.max_batch = int(engine.get("max_batch", 1))
@@ -23,7 +23,7 @@ class TensorRTRunner(Runner):
         built = self.manifest.get("tensorrt") or {}
         try:
             engine_path = self.bundle / self.manifest["model"]
-            self.runner = trt_runner(trt, engine_path, bool(options.get("version_compatible")))
+            self.runner = trtprobe.trt_runner(trt, engine_path, bool(options.get("version_compatible")))
             self.runner.activate()
         except Exception as exc:  # TensorRT reports a foreign engine with its own exception types
             was = built.get("gpu") or {}

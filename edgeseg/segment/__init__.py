@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,6 @@ class Prepared:
 def slug(text: str) -> str:
     """A file-name-safe form of a prompt or image name."""
     return re.sub(r"[^A-Za-z0-9]+", "-", text.strip()).strip("-").lower()[:48] or "prompt"
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as exc:
-        raise EdgesegError(f"unknown --device {device!r} (cpu, cuda, cuda:N)") from exc
-    if kind not in ("cpu", "cuda"):
-        raise EdgesegError(f"--device {device}: edgeseg segment runs on cpu or cuda")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise EdgesegError(f"--device {device}: CUDA is not available on this machine")
 
 
 def _library(opts: SegmentOptions) -> str:
@@ -136,7 +124,7 @@ def prepare(opts: SegmentOptions) -> Prepared:
         raise EdgesegError("--prompt is empty: give the words to segment, e.g. --prompt 'a dog'")
     if not 0.0 <= opts.threshold <= 1.0:
         raise EdgesegError(f"--threshold {opts.threshold} is outside [0, 1]")
-    _check_device(opts.device)
+    check_device(opts.device, ("cpu", "cuda"), "edgeseg segment")
     if (opts.images or opts.video is not None) and not prompts:
         raise EdgesegError("--image/--video need at least one --prompt")
     prep = Prepared(prompts=prompts or [DEFAULT_PROMPT])

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.backends import require_coremltools
 from edgeseg.bundle import REFERENCE, bundle_writer, finalize, reference_entry, save_reference, tool_versions
-from edgeseg.errors import EdgesegError, MissingExtra
+from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 from edgeseg.tokenizer import get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
@@ -71,19 +72,6 @@ def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[s
              "values": "1 = padding (input_ids == 0), 0 = token"},
         ],
     }
-
-
-def require_coremltools():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            logging.getLogger("coremltools").setLevel(logging.ERROR)
-            import coremltools as ct
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] != "coremltools":
-            raise
-        raise MissingExtra("--target coreml", "coreml", ["coremltools"]) from exc
-    return ct
 
 
 def batch_sizes(max_batch: int) -> list[int]:

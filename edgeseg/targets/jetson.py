@@ -25,8 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from edgeseg import trtprobe
 from edgeseg.bundle import (
     bundle_writer,
     copy_files,
@@ -37,13 +36,12 @@ from edgeseg.bundle import (
     verify_bundle,
 )
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import token_fidelity
 from edgeseg.targets import tensorrt as trt_target
 from edgeseg.targets.jetson_kit import build_engine as kit
 
 log = logging.getLogger(__name__)
 
-TEGRA_RELEASE = kit.TEGRA_RELEASE
+TEGRA_RELEASE = trtprobe.TEGRA_RELEASE
 JETPACK = {
     "supported": ["JetPack 6.1 / 6.2 (L4T R36.4, TensorRT 10.3)", "JetPack 7.x (L4T R38, TensorRT 10.13+)"],
     "unsupported": "JetPack 6.0 and older (TensorRT 8.6: no strongly typed networks, no int64 inputs)",
@@ -68,13 +66,7 @@ def host_check(bundle_dir: Path, manifest: dict[str, Any], threads: int | None =
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(bundle_dir / manifest["model"]), options, providers=["CPUExecutionProvider"])
     memory, mask = session.run(["memory", "mask"], {"input_ids": reference["input_ids"]})
-    result = token_fidelity(memory, reference["memory"], reference["mask"])
-    result["mask_equal"] = bool(np.array_equal(mask, reference["mask"]))
-    gate = trt_target.engine_gate(manifest)
-    mean, worst = gate["mean_cosine"], gate["worst_cosine"]
-    result["gate"] = gate
-    result["passed"] = result["mask_equal"] and result["mean_cosine"] >= mean and result["worst_cosine"] >= worst
-    return result
+    return kit.verify_outputs(memory, mask, reference, trt_target.engine_gate(manifest))
 
 
 def device_bundle(
@@ -105,8 +97,8 @@ def device_bundle(
         check = host_check(tmp, manifest, threads)
         if not check["passed"]:
             raise EdgesegError(f"the Jetson bundle's ONNX does not match its reference outputs in ONNX Runtime "
-                               f"(mean cosine {check['mean_cosine']:.5f}, worst {check['worst_cosine']:.5f}, mask "
-                               f"{'equal' if check['mask_equal'] else 'differs'})")
+                               f"({check['reason']}: mean cosine {check.get('mean_cosine', float('nan')):.5f}, worst "
+                               f"{check.get('worst_cosine', float('nan')):.5f})")
         new = inherited(manifest)
         new.update({
             "target": "jetson",
@@ -143,7 +135,7 @@ def on_device_bundle(stage, out, max_batch, options, timing_cache=None, extra=No
     """On a Jetson: lint, build and verify the engine here (the gpu path), stamped with the L4T release."""
     if options.get("hardware_compatibility") != "none":
         raise EdgesegError("--hardware-compatible is not available on Jetson")
-    extra = {**(extra or {}), "jetson": {"l4t": kit.l4t_release(), "jetpack": JETPACK,
+    extra = {**(extra or {}), "jetson": {"l4t": trtprobe.l4t_release(), "jetpack": JETPACK,
                                          "command": f"python3 {trt_target.SCRIPT_NAME} (rebuild)"}}
     return trt_target.build_engine_bundle(stage, out, "jetson", max_batch, options, timing_cache, extra, progress,
                                           lint_version)

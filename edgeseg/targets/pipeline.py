@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeseg.backends import require_coremltools, require_tensorrt
 from edgeseg.bundle import check_bundle_target, model_files, verify_bundle
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import work_dir
@@ -119,22 +120,16 @@ def preflight(target: str, precision: str, from_bundle: bool, w8a8: bool = False
         if from_bundle:
             raise EdgesegError("--target coreml converts the torch encoder: give --encoder NAME (and --checkpoint), "
                                "not --bundle")
-        from edgeseg.targets.coreml import require_coremltools
-
         if w8a8 and precision != "int8":
             raise EdgesegError("--w8a8 quantizes activations on top of 8-bit weights: use it with --precision int8")
         require_coremltools()
     elif target == "gpu":
-        from edgeseg.targets.tensorrt import require_tensorrt
-
         facts["trt"], facts["gpu"] = require_tensorrt()
     elif target == "jetson":
         from edgeseg.targets.jetson import is_jetson
 
         facts["on_jetson"] = (jetson_probe or is_jetson)()
         if facts["on_jetson"]:
-            from edgeseg.targets.tensorrt import require_tensorrt
-
             facts["trt"], facts["gpu"] = require_tensorrt()
     return facts
 

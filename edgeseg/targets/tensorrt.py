@@ -16,7 +16,7 @@ The engine is then compared with ONNX Runtime on the same ONNX through polygraph
 The building and running code is shared with the on-device script
 (:mod:`edgeseg.targets.jetson_kit.build_engine`), so a Jetson builds exactly as a desktop GPU does.
 Nothing here imports tensorrt at module level; without TensorRT or without a GPU the build stops
-with one line (:data:`TENSORRT_MISSING`).
+with one line (:func:`edgeseg.backends.require_tensorrt`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg import trtprobe
+from edgeseg.backends import require_tensorrt
 from edgeseg.bundle import (
     bundle_writer,
     copy_files,
@@ -49,12 +51,6 @@ log = logging.getLogger(__name__)
 
 ENGINE_FILE = kit.ENGINE_FILE
 SCRIPT_NAME = "build_engine.py"
-TENSORRT_MISSING = (
-    "TensorRT not found: install TensorRT 10+ with its Python bindings (pip install tensorrt, on Linux or Windows "
-    "x86-64 with an NVIDIA driver) or use --target jetson to build on the device"
-)
-NO_GPU = "no NVIDIA GPU found (TensorRT builds need one): run on a machine with a GPU or use --target jetson to " \
-         "build on the device"
 #: DequantizeLinear consumers that TensorRT runs as INT8 kernels on the INT8 weights (fused Q/DQ)
 FUSED_DQ_CONSUMERS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 ENGINE_WEIGHT_ASSUMPTION = (
@@ -69,26 +65,6 @@ COMPARE_TOLERANCES = {
     "fp16": {"atol": 1e-2, "rtol": 1e-2, "check_error_stat": "mean"},
     "int8": {"atol": 5e-2, "rtol": 5e-2, "check_error_stat": "mean"},
 }
-
-
-def import_tensorrt():
-    """The tensorrt module, or None (absent, or PyPI's stub without libraries)."""
-    return kit.import_tensorrt()
-
-
-def require_tensorrt(gpu_probe: Callable[[], dict | None] = kit.gpu_info) -> tuple[Any, dict]:
-    """(tensorrt module, GPU facts) or an :class:`EdgesegError` with one line saying what is missing."""
-    trt = import_tensorrt()
-    if trt is None:
-        raise EdgesegError(TENSORRT_MISSING)
-    version = getattr(trt, "__version__", "0")
-    if kit.tensorrt_version_tuple(version) < kit.MIN_TENSORRT:
-        raise EdgesegError(f"TensorRT {version} is too old: strongly typed networks with int64 ids need TensorRT 10+; "
-                           "upgrade, or use --target jetson to build on the device")
-    gpu = gpu_probe()
-    if gpu is None:
-        raise EdgesegError(NO_GPU)
-    return trt, gpu
 
 
 def builder_options(hardware_compatible: bool = False, version_compatible: bool = False,
@@ -286,19 +262,6 @@ def compare_runners(runners: Sequence[Any], feeds: list[dict[str, np.ndarray]], 
     }
 
 
-def trt_runner(trt, engine_path: Path, version_compatible: bool, name: str = "tensorrt"):
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-    def runtime():
-        rt = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        if version_compatible:
-            rt.engine_host_code_allowed = True
-        return rt
-
-    return TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)), runtime=runtime), name=name)
-
-
 def ort_runner(onnx_path: Path, name: str = "onnxruntime"):
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
@@ -342,7 +305,7 @@ def build_engine_bundle(
         comparison, verification, latency = _check_engine(trt, tmp, stage, manifest, max_batch, options, say)
         stamps = {
             "version": trt.__version__, "builder": "polygraphy", "kit_version": kit.KIT_VERSION, "gpu": gpu,
-            "l4t": kit.l4t_release() if target == "jetson" else None, "built": kit.now(),
+            "l4t": trtprobe.l4t_release() if target == "jetson" else None, "built": kit.now(),
             "build_seconds": round(build_s, 1), "timing_cache": str(cache),
             "comparison": {**comparison, "vs": "onnxruntime CPU on the same ONNX"},
             "verification": {**verification, "vs": "reference.npz (FP32)"}, "latency_ms": latency,
@@ -363,7 +326,7 @@ def _check_engine(trt, tmp: Path, stage: Path, manifest: dict[str, Any], max_bat
     reference = load_reference(stage, manifest)
     version_compatible = bool(options.get("version_compatible"))
     comparison = compare_runners(
-        [trt_runner(trt, tmp / ENGINE_FILE, version_compatible), ort_runner(tmp / manifest["model"])],
+        [trtprobe.trt_runner(trt, tmp / ENGINE_FILE, version_compatible), ort_runner(tmp / manifest["model"])],
         reference_feeds(reference["input_ids"], max_batch), manifest["precision"])
     memory, mask = comparison.pop("outputs")["tensorrt"]
     verification = kit.verify_outputs(memory, mask, reference, engine_gate(manifest))
@@ -373,7 +336,7 @@ def _check_engine(trt, tmp: Path, stage: Path, manifest: dict[str, Any], max_bat
             f"(max abs diff {comparison['max_abs_diff']:.3g}); vs FP32 reference mean cosine "
             f"{verification.get('mean_cosine', float('nan')):.5f}, worst {verification.get('worst_cosine', 0):.5f}")
     latency = {}
-    with trt_runner(trt, tmp / ENGINE_FILE, version_compatible) as runner:
+    with trtprobe.trt_runner(trt, tmp / ENGINE_FILE, version_compatible) as runner:
         for batch in sorted({1, max_batch}):
             feed = {"input_ids": kit.batch_for_latency(reference["input_ids"], batch)}
             times = []

@@ -27,14 +27,15 @@ What it does:
    ``tensorrt``) with the TensorRT version, GPU, L4T release and verification results.
 
 Needs Python 3.8+, numpy, and TensorRT 10 or newer (JetPack 6.1+ or 7.x): strongly typed networks and
-int64 inputs do not exist in TensorRT 8.6 (JetPack 6.0). Never imports torch or edgeseg.
+int64 inputs do not exist in TensorRT 8.6 (JetPack 6.0). Never imports torch or edgeseg: the few edgeseg
+modules it uses (``bundlecheck.py``, ``outputs.py``, ``trtprobe.py``, ``tmpnames.py``; numpy and the
+standard library only) are copied beside it.
 Exit status: 0 verified, 1 built but verification failed, 2 could not build (bundle, TensorRT, GPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import hashlib
 import importlib.util
@@ -52,28 +53,44 @@ from pathlib import Path
 import numpy as np
 
 
-def _checker_beside():
-    """The copy of edgeseg/bundlecheck.py (standard library only) that edgeseg ships beside this script."""
-    path = Path(__file__).with_name("bundlecheck.py")
+def _load_file(path: Path):
+    """The module in ``path``, loaded once under a name of its own (registered in ``sys.modules``:
+    dataclasses look their module up while the file executes)."""
+    name = f"edgeseg_kit_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
+
+
+def _beside(filename: str):
+    """The copy of an edgeseg module (numpy + standard library only) that edgeseg ships beside this script."""
+    path = Path(__file__).with_name(filename)
     if not path.is_file():
-        sys.exit("build_engine: error: bundlecheck.py is missing beside this script; rebuild the bundle with edgeseg")
-    spec = importlib.util.spec_from_file_location("bundlecheck", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        sys.exit(f"build_engine: error: {filename} is missing beside this script; rebuild the bundle with edgeseg")
+    return _load_file(path)
 
 
 if __package__:  # imported as edgeseg.targets.jetson_kit.build_engine (host builds)
-    from edgeseg import bundlecheck
-else:  # run on the device
-    bundlecheck = _checker_beside()
+    from edgeseg import bundlecheck, outputs, tmpnames, trtprobe
+else:  # run on the device: the same modules, copied beside this script
+    bundlecheck = _beside("bundlecheck.py")  # the bundle rules
+    outputs = _beside("outputs.py")  # the gate metric (token_fidelity)
+    trtprobe = _beside("trtprobe.py")  # TensorRT and GPU probes, the engine runner
+    tmpnames = _beside("tmpnames.py")  # pid-named temporaries, stale ones removed
 
-KIT_VERSION = 3  # 2: trt_lint.py + trt_support.json, linted before building; 3: bundlecheck.py, schema
+KIT_VERSION = 4  # 2: trt_lint.py + trt_support.json, linted before building; 3: bundlecheck.py, schema;
+#                 4: outputs.py (the gate metric), trtprobe.py (TensorRT/GPU probes, the engine runner),
+#                    tmpnames.py (pid-named temporaries)
 LINT_FILE = "trt_lint.py"
 ENGINE_FILE = "model.engine"
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec",)
-TEGRA_RELEASE = "/etc/nv_tegra_release"
-MIN_TENSORRT = (10, 0)
 #: engine vs the FP32 reference (per-prompt mean token cosine over valid tokens); the manifest may override
 DEFAULT_GATES = {
     "fp32": {"mean_cosine": 0.9999, "worst_cosine": 0.999},
@@ -130,77 +147,13 @@ def shape_arg(shape) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-# -- the machine ---------------------------------------------------------------------------------
-def l4t_release(path: str = TEGRA_RELEASE) -> str | None:
-    """``R36.4.0`` from ``/etc/nv_tegra_release`` on a Jetson, else None."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    return f"R{match.group(1)}.{match.group(2)}" if match else "unknown"
-
-
-def gpu_info() -> dict | None:
-    """Name, compute capability and driver of CUDA device 0 via the driver API (ctypes); None without one."""
-    cuda = None
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if cuda is None or cuda.cuInit(0) != 0:
-        return None
-    count, device = ctypes.c_int(0), ctypes.c_int(0)
-    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1 or \
-            cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-        return None
-    name = ctypes.create_string_buffer(256)
-    cuda.cuDeviceGetName(name, 256, device)
-    major, minor, version = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
-    cuda.cuDriverGetVersion(ctypes.byref(version))
-    memory = ctypes.c_size_t(0)
-    getattr(cuda, "cuDeviceTotalMem_v2", cuda.cuDeviceTotalMem)(ctypes.byref(memory), device)
-    return {
-        "name": name.value.decode(errors="replace"),
-        "compute_capability": f"{major.value}.{minor.value}",
-        "cuda_driver_api": f"{version.value // 1000}.{(version.value % 1000) // 10}",
-        "driver": nvidia_driver_version(),
-        "memory_bytes": int(memory.value),
-    }
-
-
-def nvidia_driver_version(path: str = "/proc/driver/nvidia/version") -> str | None:
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    match = re.search(r"Kernel Module(?: for [\w-]+)?\s+([\d.]+)", text)
-    return match.group(1) if match else None
-
-
-def import_tensorrt():
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None
-    return trt if hasattr(trt, "Builder") else None  # the PyPI stub without libraries has no Builder
-
-
+# -- the machine (see also trtprobe.py) ------------------------------------------------------------
 def polygraphy_available() -> bool:
     try:
         import polygraphy.backend.trt  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-def tensorrt_version_tuple(version: str) -> tuple[int, int]:
-    parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
-    return (parts + [0, 0])[0], (parts + [0, 0])[1]
 
 
 def find_trtexec(explicit: str | None = None, which=shutil.which, is_file=os.path.isfile) -> str | None:
@@ -243,15 +196,7 @@ def choose_builder(requested: str, polygraphy: bool, trt_module, trtexec: str | 
 def load_lint(directory: Path):
     """The kit's ``trt_lint`` module from ``directory`` (the bundle, or this package), or None if absent."""
     path = directory / LINT_FILE
-    if not path.is_file():
-        return None
-    name = f"edgeseg_kit_trt_lint_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return _load_file(path) if path.is_file() else None
 
 
 def lint_plan(lint, manifest: dict, tensorrt_version: str | None) -> str:
@@ -372,13 +317,7 @@ class PolygraphyEngine:
     """Runs an engine with polygraphy's TrtRunner (host arrays in and out)."""
 
     def __init__(self, trt, engine_path: Path, version_compatible: bool = False):
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        if version_compatible:
-            runtime.engine_host_code_allowed = True
-        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(engine_path)), runtime=runtime))
+        self.runner = trtprobe.trt_runner(trt, engine_path, version_compatible)
 
     def __enter__(self):
         self.runner.activate()
@@ -452,22 +391,11 @@ class TrtexecEngine:
 
 
 # -- verification --------------------------------------------------------------------------------
-def token_fidelity(candidate: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> dict:
-    """Per-prompt mean token cosine over valid tokens (mask False): mean and worst prompt, max abs diff."""
-    a, b = candidate.astype(np.float64), reference.astype(np.float64)
-    cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-    valid = ~mask
-    per_prompt = (cos * valid).sum(1) / np.maximum(valid.sum(1), 1)
-    diff = np.abs(a - b)[valid]
-    return {"mean_cosine": float(per_prompt.mean()), "worst_cosine": float(per_prompt.min()),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0, "prompts": int(len(per_prompt))}
-
-
 def verify_outputs(memory: np.ndarray, mask: np.ndarray, reference: dict, gate: dict) -> dict:
     ref_mask = reference["mask"].astype(bool)
     if memory.shape != reference["memory"].shape:
         return {"passed": False, "reason": f"memory shape {list(memory.shape)} != {list(reference['memory'].shape)}"}
-    result = token_fidelity(memory, reference["memory"], ref_mask)
+    result = outputs.token_fidelity(memory, reference["memory"], ref_mask)
     result["mask_equal"] = bool(np.array_equal(mask.astype(bool), ref_mask))
     result["gate"] = dict(gate)
     result["passed"] = bool(result["mask_equal"] and result["mean_cosine"] >= gate["mean_cosine"]
@@ -504,6 +432,26 @@ def batch_for_latency(ids: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([ids] * reps)[:batch]
 
 
+# -- files written into the bundle ---------------------------------------------------------------
+def temporary_sibling(target: Path) -> Path:
+    """A temporary name beside ``target`` that holds this process's id (``.NAME.tmp-PID-kit``, as edgeseg
+    names its own), after removing those that runs killed before they could clean up left behind."""
+    tmpnames.remove_stale(target)
+    return target.with_name(f"{tmpnames.tmp_prefix(target)}{os.getpid()}-kit")
+
+
+def replace_with(target: Path, write) -> None:
+    """``write(temporary)``, then rename the temporary onto ``target``; on any failure remove it."""
+    tmp = temporary_sibling(target)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
 # -- the manifest after a successful build -------------------------------------------------------
 def update_manifest(bundle: Path, manifest: dict, engine_name: str, stamps: dict) -> dict:
     """Name the engine as the bundle's model and hash it in; written atomically."""
@@ -516,9 +464,8 @@ def update_manifest(bundle: Path, manifest: dict, engine_name: str, stamps: dict
     manifest["backend"] = "tensorrt"
     manifest["engine"] = {**manifest["engine"], "built": True, "file": engine_name}
     manifest["tensorrt"] = stamps
-    tmp = bundle / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, bundle / "manifest.json")
+    text = json.dumps(manifest, indent=2) + "\n"
+    replace_with(bundle / "manifest.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return manifest
 
 
@@ -562,13 +509,13 @@ def _main(args) -> int:
     onnx_path = bundle / plan["onnx"]
     engine_path = bundle / plan.get("file", ENGINE_FILE)
     timing_cache = args.timing_cache or str(bundle / "timing.cache")
-    trt = import_tensorrt()
+    trt = trtprobe.import_tensorrt()
     polygraphy = polygraphy_available()
     trtexec = find_trtexec(args.trtexec)
     print(f"bundle     {bundle} ({manifest['encoder']}, {plan['precision']}, context {plan['context_length']})")
     print("profile    " + ", ".join(f"{n} min {shape_arg(s['min'])} opt {shape_arg(s['opt'])} max "
                                      f"{shape_arg(s['max'])}" for n, s in plan["profile"].items()))
-    print(f"l4t        {l4t_release() or 'not a Jetson'}")
+    print(f"l4t        {trtprobe.l4t_release() or 'not a Jetson'}")
     print(f"tensorrt   python: {getattr(trt, '__version__', 'not importable')}; polygraphy: "
           f"{'yes' if polygraphy else 'no'}; trtexec: {trtexec or 'not found'}")
     if args.dry_run:
@@ -585,11 +532,11 @@ def _main(args) -> int:
     if builder == "trtexec":
         probe = subprocess.run([trtexec, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         version = trtexec_version(probe.stdout) or getattr(trt, "__version__", None)
-    if version is not None and tensorrt_version_tuple(version) < MIN_TENSORRT:
+    if version is not None and trtprobe.tensorrt_version_tuple(version) < trtprobe.MIN_TENSORRT:
         raise KitError(f"TensorRT {version} is too old: strongly typed networks with int64 ids need TensorRT 10+ "
                        "(JetPack 6.1 or newer)")
     lint = run_lint(bundle, manifest, plan, version, args.skip_lint)
-    gpu = gpu_info()
+    gpu = trtprobe.gpu_info()
     if gpu is None:
         raise KitError("no CUDA GPU found (libcuda could not see a device)")
     print(f"gpu        {gpu['name']} (sm {gpu['compute_capability']}, CUDA driver API {gpu['cuda_driver_api']})")
@@ -597,20 +544,19 @@ def _main(args) -> int:
     if args.skip_verify:
         print("verify     skipped (--skip-verify); the manifest is not updated")
         return 0
-    stamps = {"version": version, "builder": builder, "kit_version": KIT_VERSION, "gpu": gpu, "l4t": l4t_release(),
-              "built": now(), "build_seconds": round(build_s, 1), "lint": lint}
+    stamps = {"version": version, "builder": builder, "kit_version": KIT_VERSION, "gpu": gpu,
+              "l4t": trtprobe.l4t_release(), "built": now(), "build_seconds": round(build_s, 1), "lint": lint}
     return _verify(args, bundle, manifest, plan, builder, trt, trtexec, engine_path, stamps)
 
 
 def _build(builder: str, trt, trtexec, onnx_path: Path, engine_path: Path, plan: dict, timing_cache: str) -> float:
     """Build the engine into a temporary sibling, then rename it into place; returns the seconds it took."""
-    tmp_engine = engine_path.with_name("." + engine_path.name + ".tmp")
     start = time.perf_counter()
     if builder == "polygraphy":
-        build_polygraphy(trt, onnx_path, tmp_engine, plan, timing_cache)
+        replace_with(engine_path, lambda tmp: build_polygraphy(trt, onnx_path, tmp, plan, timing_cache))
     else:
-        run_command(trtexec_build_command(trtexec, onnx_path, tmp_engine, plan, timing_cache), "trtexec build")
-    os.replace(tmp_engine, engine_path)
+        replace_with(engine_path, lambda tmp: run_command(
+            trtexec_build_command(trtexec, onnx_path, tmp, plan, timing_cache), "trtexec build"))
     build_s = time.perf_counter() - start
     size_mb = engine_path.stat().st_size / 1e6
     print(f"built      {engine_path.name} ({size_mb:.1f} MB) with {builder} in {build_s:.0f} s")
