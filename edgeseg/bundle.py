@@ -10,8 +10,10 @@ never leaves a half bundle. No torch here.
 
 ``manifest.json`` (format ``edgeseg-bundle``, version 1)::
 
-    format, format_version, created, encoder, context_length, position_table, precision,
-    target, backend, model (file name), inputs/outputs [{name, dtype, shape}], tokenizer {...},
+    format, format_version, created, encoder, context_length, position_table, semantics
+    ("efficientsam3" | "transformers"; absent in older bundles = efficientsam3), precision,
+    target, backend, model (file name), inputs/outputs [{name, dtype, shape}], tokenizer {...,
+    pad_id, mask},
     files {name: {sha256, bytes}}, source {checkpoint, checkpoint_sha256 | "random", seed},
     export {opset, max_abs_diff vs torch, ...}, calibration {...} | null, fidelity {...} | null,
     excluded_layers [...], reference {file, prompts}, tools {name: version}
@@ -259,11 +261,12 @@ def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = 
 
 
 def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> Tokenizer:
-    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges)."""
+    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges),
+    padding with the manifest's ``pad_id`` (0 when absent)."""
     manifest = manifest or read_manifest(bundle)
     spec = manifest["tokenizer"]
     try:
         return Tokenizer(Path(bundle) / spec["vocab"], context_length=int(manifest["context_length"]),
-                         num_merges=spec.get("num_merges"))
+                         num_merges=spec.get("num_merges"), pad_id=int(spec.get("pad_id", 0)))
     except (OSError, ValueError, EOFError) as exc:
         raise EdgesegError(f"bundle {bundle}: cannot read its tokenizer vocabulary {spec['vocab']} ({exc})") from exc

@@ -3,7 +3,10 @@
 The export wrapper lives here, apart from the models: it takes an inference copy of the encoder
 (S0's RepMixer blocks fused, see :func:`edgeseg.encoders.mobileclip.fuse_repmixer_blocks`) and
 traces ``input_ids [batch, L] -> (memory [batch, L, 256], mask [batch, L])`` with a dynamic batch
-and a fixed context length. Dead weights (the teacher's ``text_projection``, the students'
+and a fixed context length. The padding mask (and, under transformers semantics, the students'
+attention mask) is computed inside the graph from the ids (``Equal``, and for "after the first
+EOT" an int32 ``CumSum``), so a user feeds ids only, padded with the manifest's
+``tokenizer.pad_id``. Dead weights (the teacher's ``text_projection``, the students'
 ``projection_layer``) are not reachable from the outputs, so they are not in the graph.
 """
 
@@ -26,7 +29,7 @@ from edgeseg.encoders import TextEncoder
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
-from edgeseg.tokenizer import get_tokenizer
+from edgeseg.tokenizer import MASK_RULES, get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ def export_onnx(model: TextEncoder, path: str | os.PathLike, opset: int = DEFAUL
         raise EdgesegError(f"opset {opset} is too old: LayerNormalization needs opset 17 or newer")
     path = Path(path)
     wrapper = OnnxExportWrapper(inference_copy(model)).eval()
-    example = torch.from_numpy(get_tokenizer()(["a dog", "a player in white"], model.context_length).ids)
+    example = torch.from_numpy(get_tokenizer()(["a dog", "a player in white"], model.context_length,
+                                                model.pad_id).ids)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -101,7 +105,7 @@ def export_bundle(
     fails the export. The reference prompts, their ids and the torch FP32 outputs are saved in
     the bundle for on-device self-checks.
     """
-    tokens = get_tokenizer()(list(reference_prompts), model.context_length)
+    tokens = get_tokenizer()(list(reference_prompts), model.context_length, model.pad_id)
     reference = model
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
         reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
@@ -117,12 +121,13 @@ def export_bundle(
         if max_diff > tolerance:
             raise EdgesegError(f"export verification failed: ONNX vs torch max abs diff {max_diff:.3g} > {tolerance}")
         fidelity = token_fidelity(memory, ref_memory, ref_mask)
-        tokenizer = write_bundle_vocabulary(tmp)
+        tokenizer = write_bundle_vocabulary(tmp, model.pad_id, MASK_RULES[model.padding.semantics])
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
         manifest = finalize(tmp, {
             "encoder": model.name,
             "context_length": model.context_length,
             "position_table": getattr(model, "position_table", None),
+            "semantics": model.padding.semantics,
             "precision": "fp32",
             "target": "onnx",
             "backend": "onnxruntime",

@@ -16,6 +16,7 @@ from edgeseg.cli.common import (
     _reference_prompts,
     _source,
     cli,
+    semantics_option,
 )
 from edgeseg.errors import EdgesegError
 
@@ -32,8 +33,9 @@ from edgeseg.errors import EdgesegError
                    "(default: 32 prompts of the held-out eval split).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@semantics_option
 def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None, opset: int,
-           reference_prompts: Path | None, seed: int, out: Path) -> None:
+           reference_prompts: Path | None, seed: int, out: Path, semantics: str | None) -> None:
     """Export an encoder to an FP32 ONNX bundle, verified against torch with ONNX Runtime.
 
     The graph takes input_ids int64 [batch, L] (dynamic batch, fixed L) and returns memory float32
@@ -46,10 +48,11 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 
     check_bundle_target(out)
     prompts = _reference_prompts(reference_prompts)
-    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed)
-    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset)
-    _note(f"exported {encoder} (context {manifest['context_length']}, FP32) -> {out}; ONNX Runtime vs torch "
-          f"max abs diff {manifest['export']['max_abs_diff']:.2e}")
+    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics)
+    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed, model), opset=opset)
+    _note(f"exported {encoder} (context {manifest['context_length']}, FP32, {manifest['semantics']} padding: pad id "
+          f"{manifest['tokenizer']['pad_id']}) -> {out}; ONNX Runtime vs torch max abs diff "
+          f"{manifest['export']['max_abs_diff']:.2e}")
 
 
 @cli.command()
@@ -177,12 +180,13 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
               "A17 Pro / M4).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@semantics_option
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
           position_table: str | None, precision: str | None, max_batch: int, out: Path, reference_prompts: Path | None,
           calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
           method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
           version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,
-          w8a8: bool, threads: int | None, seed: int) -> None:
+          w8a8: bool, threads: int | None, seed: int, semantics: str | None) -> None:
     """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
 
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
@@ -197,8 +201,9 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
 
     if (encoder is None) == (bundle is None):
         raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
-    if bundle is not None and (checkpoint is not None or context_length is not None):
-        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    if bundle is not None and (checkpoint is not None or context_length is not None or semantics is not None):
+        raise EdgesegError("--checkpoint, --context-length and --semantics do not apply to --bundle (the bundle "
+                           "fixes them)")
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
     precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)
@@ -208,9 +213,9 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
     prompts = Prompts(_reference_prompts(reference_prompts), calibration[:calibration_limit], calibration_name,
                       evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding)
-    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed) if encoder else None
+    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics) if encoder else None
     result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,
-                       source=_source(checkpoint, seed) if encoder else None, max_batch=max_batch, opset=opset,
+                       source=_source(checkpoint, seed, model) if encoder else None, max_batch=max_batch, opset=opset,
                        method=method, gate=Gate(min_mean_cosine, min_worst_cosine),
                        engine=EngineOptions(hardware_compatible, version_compatible, workspace_mib, None,
                                             str(timing_cache) if timing_cache else None),
