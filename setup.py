@@ -31,7 +31,10 @@ setup(
                  "scikit-image"],  # edgeseg bench: the sample photos of the segmentation benchmark
         "coreml": ["coremltools>=8"],  # 9.0 tested (converts on Linux; predicts on macOS)
         "tensorrt": ["tensorrt>=10"],  # GPU machines only; not installable in CI
-        "dev": ["pytest", "ruff"],
+        # Hugging Face transformers: the parity oracle for transformers checkpoints (loading them needs
+        # only safetensors); the version the configs edgeseg writes and the parity tests follow
+        "transformers": ["transformers==5.23.0"],
+        "dev": ["pytest", "ruff", "transformers==5.23.0"],
     },
     entry_points={"console_scripts": ["edgeseg=edgeseg.cli:main"]},
 )

@@ -258,7 +258,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 
     def torch_call(model: Any, b: int) -> Callable[[], Any]:
-        ids = torch.from_numpy(tok(prompts[b], model.context_length).ids).to(device)
+        ids = torch.from_numpy(tok(prompts[b], model.context_length, model.pad_id).ids).to(device)
 
         def call() -> Any:
             with torch.inference_mode():

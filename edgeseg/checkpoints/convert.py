@@ -43,9 +43,9 @@ from edgeseg.checkpoints.load import (
     _check_options,
     _check_variant,
     _describe_kind,
-    _names,
     fingerprint,
     infer_context_length,
+    key_mismatch,
     read_checkpoint,
     reduce_position_table,
     write_edgeseg,
@@ -81,14 +81,7 @@ def check_complete(ckpt: Checkpoint, name: str, cfg: dict[str, Any]) -> None:
     if missing or unexpected or wrong:
         if ckpt.layout == "transformers":
             missing = hf.transformers_names(missing, cfg["family"])
-        parts = [f"{ckpt.path} holds {_describe_kind(ckpt)}, not {name}"]
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_names(unexpected)}")
-        if wrong:
-            parts.append(f"{len(wrong)} mis-shaped tensor(s): {'; '.join(wrong[:3])}")
-        raise EdgesegError("; ".join(parts))
+        raise key_mismatch(f"{ckpt.path} holds {_describe_kind(ckpt)}, not {name}", missing, unexpected, wrong)
 
 
 def _table_for_target(state: dict[str, torch.Tensor], to: str, mode: str, length: int) -> tuple[dict, str]:

@@ -209,12 +209,7 @@ def read_transformers(path: Path) -> Checkpoint:
         raise EdgesegError(f"{path} holds no text encoder: no key starts with {roots[0]!r}")
     ours, unknown, incomplete = hf.to_edgeseg({k[len(prefix):]: v for k, v in state.items()}, family)
     if unknown or incomplete:
-        parts = [f"{path} is not a {model_type} text encoder"]
-        if incomplete:
-            parts.append(f"missing {len(incomplete)} key(s): {_names(incomplete)}")
-        if unknown:
-            parts.append(f"unexpected {len(unknown)} key(s): {_names(unknown)}")
-        raise EdgesegError("; ".join(parts))
+        raise key_mismatch(f"{path} is not a {model_type} text encoder", incomplete, unknown)
     cfg = hf.edgeseg_config(model_type, text, config, folder / hf.CONFIG)
     metadata = {"config": cfg, "encoder": hf.variant(cfg), "model_type": model_type,
                 "pad_id": hf.tokenizer_pad_id(folder), "edgeseg": config.get("edgeseg")}
@@ -330,6 +325,18 @@ def _names(keys: list[str]) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:_SHOW])
     return shown + (f" ... (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
+
+
+def key_mismatch(header: str, missing=(), unexpected=(), wrong=()) -> EdgesegError:
+    """One error line: what the file holds, then the missing, unexpected and mis-shaped keys."""
+    parts = [header]
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {_names(list(missing))}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {_names(list(unexpected))}")
+    if wrong:
+        parts.append(f"{len(wrong)} mis-shaped tensor(s): {'; '.join(wrong[:3])}" + (" ..." if len(wrong) > 3 else ""))
+    return EdgesegError("; ".join(parts))
 
 
 def _describe_kind(ckpt: Checkpoint) -> str:
@@ -456,12 +463,7 @@ def _strict_state(model: TextEncoder, ckpt: Checkpoint, mode: str) -> tuple[dict
     if missing or unexpected:
         if ckpt.layout == "transformers":
             missing = hf.transformers_names(missing, model.config["family"])
-        parts = [f"{ckpt.path} holds {_describe_kind(ckpt)}, not {model.name}"]
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_names(unexpected)}")
-        raise EdgesegError("; ".join(parts))
+        raise key_mismatch(f"{ckpt.path} holds {_describe_kind(ckpt)}, not {model.name}", missing, unexpected)
 
     reduced = None
     if STUDENT_TABLE_KEY in state:
@@ -473,10 +475,7 @@ def _strict_state(model: TextEncoder, ckpt: Checkpoint, mode: str) -> tuple[dict
 
     wrong = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected if tuple(state[k].shape) != expected[k]]
     if wrong:
-        raise EdgesegError(
-            f"{ckpt.path} holds {_describe_kind(ckpt)}, not {model.name}; "
-            f"{len(wrong)} mis-shaped tensor(s): {'; '.join(wrong[:3])}" + (" ..." if len(wrong) > 3 else "")
-        )
+        raise key_mismatch(f"{ckpt.path} holds {_describe_kind(ckpt)}, not {model.name}", wrong=wrong)
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}, reduced
 
 

@@ -51,6 +51,9 @@ from edgeseg.cli.common import (
               help="Start the student from this checkpoint (LiteText .pt, state dict or edgeseg .safetensors).")
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
               show_default=True, help="How --init's 77-row table is reduced. " + POSITION_HELP)
+@click.option("--semantics", type=click.Choice(["efficientsam3", "transformers"]), default=None,
+              help="Padding semantics the student trains with (default: --init's own, else efficientsam3); "
+                   "'transformers' for a student that `distill splice --to transformers` puts into transformers.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True,
               help="Write RUNDIR/checkpoint.pt every N steps (atomic; the run resumes from it).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True,

@@ -130,9 +130,9 @@ def _sam3_parts(sam3: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from edgeseg.checkpoints.load import _read_safetensors, _transformers_files, read_transformers
 
     ckpt = read_transformers(sam3)  # checks config, shards and text keys
-    if ckpt.metadata["model_type"] != "sam3" or ckpt.metadata["encoder"] != "sam3":
-        raise EdgesegError(f"{sam3} is not a transformers SAM3 checkpoint with the sam3 text encoder "
-                           f"(found {ckpt.metadata['model_type']}, {ckpt.metadata['encoder'] or 'another encoder'})")
+    if ckpt.metadata["model_type"] != "sam3":
+        raise EdgesegError(f"{sam3} is a transformers {ckpt.metadata['model_type']} checkpoint, not SAM3 (Sam3Model "
+                           "or Sam3VideoModel)")
     folder, files, _ = _transformers_files(sam3)
     config = hf.read_json(folder / hf.CONFIG, "transformers config")
     prefix = hf.VIDEO_PREFIX if config.get("model_type") == "sam3_video" else ""

@@ -71,6 +71,12 @@ class Padding:
         is_eot = (input_ids == self.eot_id).to(torch.float32)
         return (torch.cumsum(is_eot, dim=1) - is_eot) > 0.5
 
+    def repad(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Ids packed with any pad id (SAM3's 0, say) re-padded with this one after the first EOT."""
+        if self.pad_id == PAD_ID:
+            return input_ids
+        return input_ids.masked_fill(Padding("transformers", self.pad_id, self.eot_id).mask(input_ids), self.pad_id)
+
     def describe(self) -> dict[str, Any]:
         return {"semantics": self.semantics, "pad_id": self.pad_id, "mask": MASK_RULES[self.semantics],
                 "student_attention": "padding keys masked" if self.masks_attention else "every position"}
