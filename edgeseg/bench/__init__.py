@@ -208,7 +208,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
     facts: dict[str, dict[str, Any]] = {opts.baseline: {
         "kind": "torch", "label": "SAM3 text encoder FP32 (torch, baseline)", "encoder": "sam3",
         "context_length": int(teacher.context_length), "precision": "fp32", "backend": "torch",
-        "execution_provider": f"torch {device.type}",
+        "execution_provider": f"torch {device.type}", "semantics": teacher.padding.semantics,
         "checkpoint": (sha256_file(opts.sam3_checkpoint) if opts.sam3_checkpoint else "random"),
         "weights": "checkpoint" if opts.sam3_checkpoint else "random (seed 0)"}}
     for item in resolved:
@@ -224,6 +224,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
                 "context_length": int(manifest["context_length"]), "precision": manifest["precision"],
                 "backend": manifest["backend"], "target": manifest.get("target"),
                 "execution_provider": ",".join(providers) if providers else manifest["backend"],
+                "semantics": manifest.get("semantics", "efficientsam3"),
                 "checkpoint": (manifest.get("source") or {}).get("checkpoint_sha256", "unknown"),
                 "model_sha256": manifest["files"][manifest["model"]]["sha256"]}
         else:
@@ -233,6 +234,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
             facts[item.key] = {"kind": "torch", "label": f"{item.name} FP32 (torch)", "encoder": item.name,
                                "context_length": int(model.context_length), "precision": "fp32",
                                "backend": "torch", "execution_provider": f"torch {device.type}",
+                               "semantics": model.padding.semantics,
                                "checkpoint": "random", "weights": "random (seed 0)"}
     any_random = random_weights or any(f.get("checkpoint") in ("random", "unknown") for f in facts.values())
     results: dict[str, Any] = {
