@@ -24,6 +24,7 @@ there.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ import torch
 
 from edgeseg.encoders import get_config, list_encoders
 from edgeseg.errors import EdgesegError
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -288,7 +291,7 @@ def _token_text(value: Any) -> str | None:
 
 
 def tokenizer_pad_id(folder: Path) -> int | None:
-    """The pad token id in a checkpoint folder's tokenizer files, None when there are none.
+    """The pad token id in a checkpoint folder's tokenizer files, None when there are none (or they name none).
 
     The pad token comes from ``tokenizer_config.json`` (else ``special_tokens_map.json``), its id
     from ``added_tokens_decoder``, ``tokenizer.json``'s ``added_tokens`` / vocabulary, or ``vocab.json``.
@@ -300,8 +303,9 @@ def tokenizer_pad_id(folder: Path) -> int | None:
         return None
     pad = _token_text((data.get("tokenizer_config.json") or {}).get("pad_token")) or \
         _token_text((data.get("special_tokens_map.json") or {}).get("pad_token"))
-    if pad is None:
-        raise EdgesegError(f"{folder}: the tokenizer files name no pad token")
+    if pad is None:  # transformers could not pad with these files either; edgeseg uses CLIP's pad (49407)
+        log.warning("%s: the tokenizer files name no pad token; padding with 49407 (<|endoftext|>)", folder)
+        return None
     ids: dict[str, int] = {}
     for key, entry in ((data.get("tokenizer_config.json") or {}).get("added_tokens_decoder") or {}).items():
         if _token_text(entry) is not None and str(key).isdigit():
