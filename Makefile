@@ -34,9 +34,11 @@ test: $(STAMP)
 # the npm package com.github.asus4.onnxruntime (the PyPI wheel has the library but no headers) into
 # build/third_party, then configure + build build/cpp and run ctest (except the "python" label: pytest runs
 # tests/test_engines.py right after in `make test`). `make cpp-asan`: the same tests
-# built with ASan + UBSan (EDGESEG_SANITIZE=ON) in build/cpp-asan. `make test` runs both before pytest
-# (tests/test_engines.py checks C++ vs Python parity on the build/cpp build).
-.PHONY: cpp cpp-asan cpp-deps ort-headers
+# built with ASan + UBSan (EDGESEG_SANITIZE=ON) in build/cpp-asan. `make cpp-noort`: the library without
+# ONNX Runtime (-DEDGESEG_WITH_ONNXRUNTIME=OFF: tokenizer + prompt banks, what an iOS app beside a Core ML
+# package links) and the tests that need no model, in build/cpp-noort. `make test` runs all three before
+# pytest (tests/test_engines.py checks C++ vs Python parity on the build/cpp build).
+.PHONY: cpp cpp-asan cpp-noort cpp-deps ort-headers
 CPP_DEBS := libutf8proc-dev nlohmann-json3-dev libgtest-dev zlib1g-dev cmake
 ORT_NPM_VERSION ?= 0.4.9
 ORT_DIR := build/third_party/onnxruntime
@@ -72,7 +74,13 @@ cpp-asan: $(STAMP) cpp-deps $(ORT_HEADERS)
 	cmake --build build/cpp-asan -j$(CPP_JOBS)
 	ctest --test-dir build/cpp-asan -j$(CPP_JOBS) --output-on-failure
 
-test: cpp cpp-asan
+cpp-noort: $(STAMP) cpp-deps
+	cmake -S . -B build/cpp-noort $(CMAKE_GEN) -DCMAKE_BUILD_TYPE=Release -DEDGESEG_WITH_ONNXRUNTIME=OFF \
+		-DEDGESEG_WITH_TENSORRT=OFF
+	cmake --build build/cpp-noort -j$(CPP_JOBS) --target edgeseg_unit_tests edgeseg-encode
+	ctest --test-dir build/cpp-noort -j$(CPP_JOBS) --output-on-failure -LE python
+
+test: cpp cpp-asan cpp-noort
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgeseg tests

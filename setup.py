@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["edgeseg", "edgeseg.*"]),
-    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt", "bench/*.json"]},
+    package_data={"edgeseg": ["assets/*.gz", "encoders/configs/*.json", "data/*.txt", "bench/*.json",
+                              "targets/jetson_kit/*.json"]},
     install_requires=[
         "torch>=2.4,<=2.14.1",
         "numpy",

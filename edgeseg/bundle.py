@@ -28,7 +28,6 @@ import platform
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ import numpy as np
 from edgeseg import __version__
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import atomic_path, check_output_folder, sha256_file
-from edgeseg.tokenizer import Tokenizer
 
 FORMAT = "edgeseg-bundle"
 FORMAT_VERSION = 1
@@ -60,6 +58,8 @@ def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[s
 
 def tool_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (absent ones are left out), plus Python's."""
+    from importlib import metadata  # not at module level: ~3 MB of RSS that serving a bundle never needs
+
     found = {"edgeseg": __version__, "python": platform.python_version()}
     for name in names:
         try:
@@ -129,6 +129,22 @@ def externalize_onnx(path: Path, threshold: int = 1024) -> str | None:
     return name
 
 
+#: manifest fields that name a file of the bundle: each must be a relative name inside it, listed under files
+FILE_FIELDS = (("model",), ("model_data",), ("tokenizer", "vocab"), ("reference", "file"), ("bank", "file"))
+
+
+def named_files(manifest: dict[str, Any]) -> list[Any]:
+    """The values of :data:`FILE_FIELDS` that the manifest sets."""
+    names = []
+    for path in FILE_FIELDS:
+        value: Any = manifest
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            names.append(value)
+    return names
+
+
 def model_files(manifest: dict[str, Any]) -> list[str]:
     """The model file and, for ONNX with external data, its weights file."""
     return [manifest["model"], *([manifest["model_data"]] if manifest.get("model_data") else [])]
@@ -189,7 +205,7 @@ def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(files, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
         raise EdgesegError(f"{path} is malformed: 'files' must map file names to {{sha256, bytes}}")
-    for name in [*files, manifest["model"]]:
+    for name in [*files, *named_files(manifest)]:
         if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
             raise EdgesegError(f"{path} is malformed: file name {name!r} points outside the bundle")
     return manifest
@@ -205,8 +221,10 @@ def verify_bundle(bundle: str | os.PathLike) -> dict[str, Any]:
             raise EdgesegError(f"bundle {bundle} is incomplete: {name} is missing")
         if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             raise EdgesegError(f"bundle {bundle} is corrupt or was modified: {name} does not match its sha256")
-    if manifest["model"] not in manifest["files"]:
-        raise EdgesegError(f"bundle {bundle} names model file {manifest['model']} but does not list it")
+    bank = manifest.get("bank")
+    for name in [manifest["model"], *([bank.get("file")] if isinstance(bank, dict) else [])]:
+        if name not in manifest["files"]:
+            raise EdgesegError(f"bundle {bundle} names file {name} but does not list it")
     return manifest
 
 
@@ -260,9 +278,15 @@ def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = 
         return {k: data[k] for k in data.files}
 
 
-def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> Tokenizer:
+def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None):
     """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges),
-    padding with the manifest's ``pad_id`` (0 when absent)."""
+    padding with the manifest's ``pad_id`` (0 when absent).
+
+    Imported here, not at module level: ftfy and regex cost ~9 MB of RSS, which a process that answers
+    every prompt from a prompt bank by its exact text never needs.
+    """
+    from edgeseg.tokenizer import Tokenizer
+
     manifest = manifest or read_manifest(bundle)
     spec = manifest["tokenizer"]
     try:

@@ -39,13 +39,15 @@ def token_fidelity(candidate: np.ndarray, reference: np.ndarray, mask: np.ndarra
     mean over prompts (``mean_cosine``), the worst prompt (``worst_cosine``), the mean MSE and the
     max absolute difference. Padding positions are ignored: SAM3 never reads them.
     """
-    valid = ~mask
-    cos = cosine(candidate, reference)  # [B, L]
+    valid = ~np.asarray(mask, bool)
+    # padding rows are replaced, not multiplied by 0: whatever a backend leaves there (even NaN) is ignored
+    candidate = np.where(valid[..., None], candidate.astype(np.float64), 0.0)
+    reference = np.where(valid[..., None], reference.astype(np.float64), 0.0)
+    cos = np.where(valid, cosine(candidate, reference), 0.0)  # [B, L]
     counts = np.maximum(valid.sum(1), 1)
-    per_prompt = (cos * valid).sum(1) / counts
-    sq = ((candidate.astype(np.float64) - reference) ** 2).mean(-1)
-    mse = (sq * valid).sum(1) / counts
-    diff = np.abs(candidate.astype(np.float64) - reference)[valid]
+    per_prompt = cos.sum(1) / counts
+    mse = ((candidate - reference) ** 2).mean(-1).sum(1) / counts
+    diff = np.abs(candidate - reference)[valid]
     return {
         "mean_cosine": float(per_prompt.mean()),
         "worst_cosine": float(per_prompt.min()),

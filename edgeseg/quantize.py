@@ -11,8 +11,10 @@ Recipe (``mode="static"``, the TensorRT-ready default):
 * LayerNorm outputs with an outlier channel are first smoothed into the following MatMuls'
   weights (:mod:`edgeseg.smoothing`; ``smooth_alpha``), the float function unchanged;
 * calibration runs in rounds of a few batches of equal size (bounded memory for every method);
-* the token-embedding table is stored INT8 with one scale per row (symmetric): the graph gathers
-  INT8 rows and scales them, ``Gather(table_i8) -> Cast -> Mul(Gather(scales))``;
+* the token-embedding table is stored INT8 with one scale per row (symmetric), read in one of two
+  forms (``embedding_form``): ``Gather(table_i8) -> Cast -> Mul(Gather(scales))`` gathers INT8
+  rows (ONNX Runtime), ``DequantizeLinear(table_i8, scales, axis 0) -> Gather`` dequantizes the
+  table first (TensorRT 10 takes INT8 only through Q/DQ); same table, same values;
 * fidelity gate: INT8 vs the FP32 bundle on held-out prompts, per-prompt mean token cosine over
   valid tokens; mean >= 0.999 and worst prompt >= 0.99 by default. If the gate fails, a
   sensitivity pass ranks the quantized layers by the error each one adds on its own (its INT8
@@ -144,8 +146,27 @@ def remap_id_constants(model: onnx.ModelProto, id_map: np.ndarray) -> int:
     return changed
 
 
-def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> int:
-    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved."""
+#: how an INT8 token-embedding table is read (:func:`quantize_embedding_rows`); the table and row
+#: scales are the same in both, so are the values the graph computes
+EMBEDDING_FORMS = {
+    "gather_cast_mul": "Gather(int8 table) -> Cast -> Mul(Gather(row scales)): gathers 1-byte rows "
+                       "(ONNX Runtime; TensorRT 10 refuses INT8 outside Q/DQ)",
+    "dequantize_gather": "DequantizeLinear(int8 table, per-row scale, axis 0) -> Gather: the Q/DQ form of TensorRT's "
+                         "support matrix",
+}
+DEFAULT_EMBEDDING_FORM = "gather_cast_mul"
+
+
+def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE, form: str = DEFAULT_EMBEDDING_FORM) -> int:
+    """Store each token-embedding table as INT8 with a float scale per row; returns bytes saved.
+
+    ``form`` (:data:`EMBEDDING_FORMS`) is how the graph reads it: ``gather_cast_mul`` gathers the
+    INT8 rows and scales them (what ONNX Runtime runs fastest); ``dequantize_gather`` dequantizes
+    the table (symmetric, zero point 0, one scale per row: ``axis=0``) and gathers float rows, the
+    only INT8 form TensorRT 10 accepts. Both compute ``float(q) * scale`` in float32.
+    """
+    if form not in EMBEDDING_FORMS:
+        raise EdgesegError(f"unknown embedding form {form!r}; choose one of {', '.join(EMBEDDING_FORMS)}")
     inits = {i.name: i for i in model.graph.initializer}
     saved = 0
     for node in embedding_gathers(model, rows):
@@ -153,25 +174,34 @@ def quantize_embedding_rows(model: onnx.ModelProto, rows: int = VOCAB_SIZE) -> i
         scale = np.abs(table).max(axis=1, keepdims=True) / 127.0
         scale[scale == 0] = 1.0
         q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
-        base = node.input[0]
+        base, out, ids = node.input[0], node.output[0], node.input[1]
+        scale = scale.astype(np.float32) if form == "gather_cast_mul" else scale.reshape(-1).astype(np.float32)
         model.graph.initializer.remove(inits[base])
-        model.graph.initializer.extend([
-            numpy_helper.from_array(q, base + "_int8"),
-            numpy_helper.from_array(scale.astype(np.float32), base + "_row_scale"),
-        ])
-        out, ids = node.output[0], node.input[1]
+        arrays = {base + "_int8": q, base + "_row_scale": scale}
+        if form == "dequantize_gather":  # explicit zero point 0, one per row, like every other Q/DQ of the graph
+            arrays[base + "_zero_point"] = np.zeros(len(q), np.int8)
+        model.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in arrays.items())
         position = list(model.graph.node).index(node)
         model.graph.node.remove(node)
-        new_nodes = [
-            helper.make_node("Gather", [base + "_int8", ids], [out + "_i8"], name=node.name + "_int8", axis=0),
-            helper.make_node("Cast", [out + "_i8"], [out + "_f"], name=node.name + "_cast", to=TensorProto.FLOAT),
-            helper.make_node("Gather", [base + "_row_scale", ids], [out + "_s"], name=node.name + "_scale", axis=0),
-            helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=node.name + "_dequant"),
-        ]
-        for offset, new in enumerate(new_nodes):
+        for offset, new in enumerate(_embedding_nodes(form, node.name, base, ids, out)):
             model.graph.node.insert(position + offset, new)
-        saved += table.nbytes - q.nbytes - scale.nbytes
+        saved += table.nbytes - sum(a.nbytes for a in arrays.values())
     return saved
+
+
+def _embedding_nodes(form: str, name: str, base: str, ids: str, out: str) -> list[onnx.NodeProto]:
+    if form == "dequantize_gather":
+        return [
+            helper.make_node("DequantizeLinear", [base + "_int8", base + "_row_scale", base + "_zero_point"],
+                             [base + "_dequantized"], name=name + "_dequantize", axis=0),
+            helper.make_node("Gather", [base + "_dequantized", ids], [out], name=name, axis=0),
+        ]
+    return [
+        helper.make_node("Gather", [base + "_int8", ids], [out + "_i8"], name=name + "_int8", axis=0),
+        helper.make_node("Cast", [out + "_i8"], [out + "_f"], name=name + "_cast", to=TensorProto.FLOAT),
+        helper.make_node("Gather", [base + "_row_scale", ids], [out + "_s"], name=name + "_scale", axis=0),
+        helper.make_node("Mul", [out + "_f", out + "_s"], [out], name=name + "_dequant"),
+    ]
 
 
 # -- calibration --------------------------------------------------------------------------------
@@ -223,7 +253,8 @@ class _DropPreprocessHint(logging.Filter):
 
 
 def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[str], cache: Path,
-              calib_ids: np.ndarray | None, embedding_int8: bool, vocab_rows: int = VOCAB_SIZE) -> None:
+              calib_ids: np.ndarray | None, embedding_int8: bool, vocab_rows: int = VOCAB_SIZE,
+              embedding_form: str = DEFAULT_EMBEDDING_FORM) -> None:
     model = onnx.load(str(fp32))
     targets = [n for n in weight_bearing_nodes(model) if n not in set(exclude)]
     hint = _DropPreprocessHint()
@@ -234,7 +265,7 @@ def _quantize(fp32: Path, out: Path, mode: str, method: str, exclude: Sequence[s
         logging.getLogger().removeFilter(hint)
     q = onnx.load(str(out))
     if embedding_int8:
-        quantize_embedding_rows(q, vocab_rows)
+        quantize_embedding_rows(q, vocab_rows, embedding_form)
     onnx.save(q, str(out))
 
 
@@ -456,36 +487,21 @@ def quantize_bundle(
     prune_prompts: Sequence[str] | None = None,
     prune_name: str = "",
     smooth_alpha: float | None = SMOOTH_ALPHA,
+    embedding_form: str = DEFAULT_EMBEDDING_FORM,
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX bundle ``src`` into an INT8 bundle at ``out``; returns its manifest.
 
     Static mode first smooths every LayerNorm -> MatMul pair (:mod:`edgeseg.smoothing`) with
     ``smooth_alpha`` (None or 0: off); dynamic mode needs no smoothing (its activation scales
-    follow each batch) and ignores it.
+    follow each batch) and ignores it. ``embedding_form`` is how the graph reads the INT8 embedding
+    table (:data:`EMBEDDING_FORMS`: ``gather_cast_mul`` for ONNX Runtime, ``dequantize_gather`` for TensorRT).
 
     With ``prune_prompts`` the bundle's vocabulary is pruned to what those prompts need (plus the
     bundle's reference prompts, so its self-check still runs); see the module docs.
     """
-    if smooth_alpha is not None and not 0.0 <= smooth_alpha < 1.0:
-        raise EdgesegError(f"smoothing alpha must be in [0, 1) (0 turns smoothing off), got {smooth_alpha}")
-    if method not in METHODS:
-        raise EdgesegError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    if mode not in MODES:
-        raise EdgesegError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     src = Path(src)
-    manifest = verify_bundle(src)
-    if manifest["precision"] != "fp32" or manifest["backend"] != "onnxruntime":
-        raise EdgesegError(f"{src} is a {manifest['precision']} {manifest['backend']} bundle; quantize needs an "
-                           "FP32 ONNX bundle (edgeseg export)")
-    if mode == "static" and len(calibration_prompts) < MIN_CALIBRATION_PROMPTS:
-        raise EdgesegError(f"calibration needs at least {MIN_CALIBRATION_PROMPTS} prompts, "
-                           f"got {len(calibration_prompts)}")
-    if not eval_prompts:
-        raise EdgesegError("the fidelity gate needs evaluation prompts")
-    if prune_prompts is not None and not prune_prompts:
-        raise EdgesegError("vocabulary pruning needs a non-empty prompt corpus")
-    if prune_prompts is not None and (manifest["tokenizer"].get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE):
-        raise EdgesegError(f"{src} already has a pruned vocabulary; prune from a full-vocabulary FP32 bundle")
+    manifest = _check_arguments(src, calibration_prompts, eval_prompts, method, mode, smooth_alpha, prune_prompts,
+                                embedding_form)
     say = progress or (lambda message: log.info("%s", message))
     length = int(manifest["context_length"])
     tokenizer = bundle_tokenizer(src, manifest)
@@ -499,110 +515,176 @@ def quantize_bundle(
         say(f"running FP32 reference on {len(eval_ids)} evaluation prompts")
         ref_memory, ref_mask = _run(fp32, eval_ids, threads)
         candidates = weight_bearing_nodes(onnx.load(str(fp32), load_external_data=False))
-        pruned: PrunedVocabulary | None = None
-        fp32_work, cand_tokenizer, vocab_rows = fp32, tokenizer, VOCAB_SIZE
-        if prune_prompts is not None:
-            reference_prompts = [str(p) for p in load_reference(src, manifest)["prompts"]]
-            pruned = prune_vocabulary([*prune_prompts, *reference_prompts], tokenizer)
-            say(f"vocabulary pruned to {pruned.vocab_size:,} of {VOCAB_SIZE:,} ids from {len(prune_prompts):,} "
-                "prompts")
-            cand_tokenizer = pruned.tokenizer(pruned.write(tmp / PRUNED_VOCAB_FILENAME), length,
-                                              pruned.new_id(tokenizer.pad_id))
-            fp32_work, vocab_rows = work / "fp32_pruned.onnx", pruned.vocab_size
-            model = onnx.load(str(fp32))
-            prune_embedding_rows(model, pruned.old_ids)
-            remap_id_constants(model, pruned.id_map())
-            onnx.save(model, str(fp32_work))
-            del model
+        pruned, fp32_work, cand_tokenizer = (None, fp32, tokenizer) if prune_prompts is None else \
+            _prune_stage(src, manifest, fp32, tmp, work, prune_prompts, tokenizer, say)
         calib_ids = cand_tokenizer(list(calibration_prompts), length).ids if mode == "static" else None
         smoothed = None
         if mode == "static" and smooth_alpha:
-            smoothed = smooth_for_int8(fp32_work, work / "fp32_smoothed.onnx", calib_ids, smooth_alpha, threads)
-            if smoothed["norms"]:
-                fp32_work = work / "fp32_smoothed.onnx"
-            say(f"smoothing (alpha {smooth_alpha}): {smoothed['norms']} of {smoothed['candidates']} LayerNorm outputs "
-                f"have a channel peak >= {smoothing.MIN_SPREAD:g}x the median; {smoothed['layers']} MatMul(s) "
-                "smoothed")
+            fp32_work, smoothed = _smooth_stage(fp32_work, work, calib_ids, smooth_alpha, threads, say)
         cand_ids = eval_ids if pruned is None else cand_tokenizer(list(eval_prompts), length).ids
         same = np.ones(len(eval_ids), bool) if pruned is None else (pruned.remap(eval_ids) == cand_ids).all(1)
+        vocab_rows = VOCAB_SIZE if pruned is None else pruned.vocab_size
 
         def attempt(exclude: Sequence[str]) -> dict[str, Any]:
-            _quantize(fp32_work, model_path, mode, method, exclude, cache, calib_ids, embedding_int8, vocab_rows)
+            _quantize(fp32_work, model_path, mode, method, exclude, cache, calib_ids, embedding_int8, vocab_rows,
+                      embedding_form)
             memory, mask = _run(model_path, cand_ids, threads)
-            if not np.array_equal(mask[same], ref_mask[same]):
-                raise EdgesegError("quantized model changed the padding mask")
-            result: dict[str, Any] = token_fidelity(memory[same], ref_memory[same], ref_mask[same])
-            if pruned is not None:
-                pooled_cos = cosine(pooled(memory[~same], mask[~same]), pooled(ref_memory[~same], ref_mask[~same]))
-                result["resegmented"] = {
-                    "prompts": int((~same).sum()), "of": int(len(same)),
-                    "pooled_cosine_mean": float(pooled_cos.mean()) if len(pooled_cos) else None,
-                    "pooled_cosine_worst": float(pooled_cos.min()) if len(pooled_cos) else None,
-                    "note": "eval prompts with a word the pruning corpus lacks: segmented differently, compared "
-                            "by masked mean-pooled memory, not gated"}
-            return result
+            return _gated_fidelity(memory, mask, ref_memory, ref_mask, same, pruned is not None)
 
-        say(f"{mode} INT8 ({method}) of {len(candidates)} weight-bearing layers")
-        excluded: list[str] = []
-        fidelity = attempt(excluded)
-        say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, worst {fidelity['worst_cosine']:.5f}")
-        ranking: list[tuple[str, float]] = []
-        if not gate.passed(fidelity):
+        def rank() -> list[tuple[str, float]]:
             # rank on calibration prompts (never the gate's own eval prompts) when there are any
             sens_ids = (cand_tokenizer(list(calibration_prompts[:sensitivity_prompts]), length).ids
                         if len(calibration_prompts) else cand_ids[:sensitivity_prompts])
             if mode == "static":
-                ranking = rank_layers(fp32_work, model_path, sens_ids, threads)
-            else:  # dynamic activation scales follow each batch: simulate them per layer
-                ranking = rank_dynamic_layers(fp32_work, sens_ids, threads)
-            count = 1
-            while not gate.passed(fidelity) and count <= len(ranking):
-                excluded = [name for name, _ in ranking[:count]]
-                say(f"gate not met: keeping {count} most sensitive layer(s) in float")
-                fidelity = attempt(excluded)
-                say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, "
-                    f"worst {fidelity['worst_cosine']:.5f}")
-                count = count * 2 if count * 2 <= len(ranking) or count == len(ranking) else len(ranking)
-            if not gate.passed(fidelity):
-                raise EdgesegError(
-                    f"the fidelity gate (mean >= {gate.mean_cosine}, worst >= {gate.worst_cosine}) cannot be met "
-                    f"even with every layer in float (mean {fidelity['mean_cosine']:.5f}, worst "
-                    f"{fidelity['worst_cosine']:.5f}); lower the gate or disable the INT8 embedding")
+                return rank_layers(fp32_work, model_path, sens_ids, threads)
+            return rank_dynamic_layers(fp32_work, sens_ids, threads)  # dynamic scales follow each batch
+
+        say(f"{mode} INT8 ({method}) of {len(candidates)} weight-bearing layers")
+        fidelity, excluded, ranking = _fit_gate(attempt, rank, gate, say)
         new_manifest = inherited(manifest)
         if pruned is None:
             copy_files(tmp, src, manifest, include_model=False)
         else:
             _write_pruned_files(tmp, src, manifest, new_manifest, pruned, prune_prompts, prune_name)
-        new_manifest.update({
-            "precision": "int8",
-            "quantization": {
-                "mode": mode, "format": "qdq" if mode == "static" else "onnxruntime-dynamic",
-                "weights": "int8 symmetric per-channel", "activations":
-                    "int8 symmetric per-tensor (calibrated)" if mode == "static" else "int8 per batch (dynamic)",
-                "op_types": ["MatMul", "Gemm"], "float_ops": ["LayerNormalization", "Softmax", "Add", "Erf",
-                                                            "activation x activation MatMul"],
-                "embedding": "int8 per-row symmetric" if embedding_int8 else "float32",
-                "quantized_layers": len(candidates) - len(excluded), "layers": len(candidates),
-                "smoothing": smoothed,
-            },
-            "calibration": None if mode == "dynamic" else {
-                "name": calibration_name, "sha256": prompts_hash(calibration_prompts),
-                "count": len(calibration_prompts), "method": method,
-            },
-            "fidelity": {**fidelity, "vs": "fp32 bundle", "split": "eval", "gate": {
-                "mean_cosine": gate.mean_cosine, "worst_cosine": gate.worst_cosine}, "passed": True},
-            "excluded_layers": excluded,
-            "sensitivity": [{"layer": n, "score": e} for n, e in ranking[:16]],
-            "sensitivity_method": None if not ranking else (
-                "restore-one gain in token-cosine error (top layers by local error)" if mode == "static"
-                else "end-to-end damage of each layer alone under simulated dynamic INT8 (DynamicQuantizeLinear "
-                     "activations, int8 per-channel weights) on calibration prompts (top layers by local error)"),
-            "source_bundle": {"precision": manifest["precision"], "model_sha256": manifest["files"][
-                manifest["model"]]["sha256"]},
-            "tools": tool_versions("onnx", "onnxruntime", "numpy"),
-        })
+        new_manifest.update(_int8_record(manifest, mode, method, embedding_int8, embedding_form, candidates,
+                                         excluded, smoothed, calibration_name, calibration_prompts, fidelity, gate,
+                                         ranking))
         result = finalize(tmp, new_manifest)
     return result
+
+
+def _check_arguments(src: Path, calibration_prompts: Sequence[str], eval_prompts: Sequence[str], method: str,
+                     mode: str, smooth_alpha: float | None, prune_prompts: Sequence[str] | None,
+                     embedding_form: str) -> dict[str, Any]:
+    """quantize_bundle's arguments, checked before any work (one :class:`EdgesegError` line each);
+    returns the verified manifest of ``src``."""
+    if smooth_alpha is not None and not 0.0 <= smooth_alpha < 1.0:
+        raise EdgesegError(f"smoothing alpha must be in [0, 1) (0 turns smoothing off), got {smooth_alpha}")
+    if method not in METHODS:
+        raise EdgesegError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+    if mode not in MODES:
+        raise EdgesegError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if embedding_form not in EMBEDDING_FORMS:
+        raise EdgesegError(f"unknown embedding form {embedding_form!r}; choose one of {', '.join(EMBEDDING_FORMS)}")
+    manifest = verify_bundle(src)
+    if manifest["precision"] != "fp32" or manifest["backend"] != "onnxruntime":
+        raise EdgesegError(f"{src} is a {manifest['precision']} {manifest['backend']} bundle; quantize needs an "
+                           "FP32 ONNX bundle (edgeseg export)")
+    if mode == "static" and len(calibration_prompts) < MIN_CALIBRATION_PROMPTS:
+        raise EdgesegError(f"calibration needs at least {MIN_CALIBRATION_PROMPTS} prompts, "
+                           f"got {len(calibration_prompts)}")
+    if not eval_prompts:
+        raise EdgesegError("the fidelity gate needs evaluation prompts")
+    if prune_prompts is not None and not prune_prompts:
+        raise EdgesegError("vocabulary pruning needs a non-empty prompt corpus")
+    if prune_prompts is not None and (manifest["tokenizer"].get("vocab_size", VOCAB_SIZE) != VOCAB_SIZE):
+        raise EdgesegError(f"{src} already has a pruned vocabulary; prune from a full-vocabulary FP32 bundle")
+    return manifest
+
+
+def _prune_stage(src: Path, manifest: dict[str, Any], fp32: Path, tmp: Path, work: Path,
+                 prune_prompts: Sequence[str], tokenizer, say):
+    """The pruned vocabulary (written into the bundle), the row-pruned FP32 graph and its tokenizer."""
+    reference_prompts = [str(p) for p in load_reference(src, manifest)["prompts"]]
+    pruned = prune_vocabulary([*prune_prompts, *reference_prompts], tokenizer)
+    say(f"vocabulary pruned to {pruned.vocab_size:,} of {VOCAB_SIZE:,} ids from {len(prune_prompts):,} prompts")
+    length = int(manifest["context_length"])
+    pruned_tokenizer = pruned.tokenizer(pruned.write(tmp / PRUNED_VOCAB_FILENAME), length,
+                                        pruned.new_id(tokenizer.pad_id))
+    model = onnx.load(str(fp32))
+    prune_embedding_rows(model, pruned.old_ids)
+    remap_id_constants(model, pruned.id_map())  # the mask's pad / EOT ids follow the renumbering
+    onnx.save(model, str(work / "fp32_pruned.onnx"))
+    return pruned, work / "fp32_pruned.onnx", pruned_tokenizer
+
+
+def _smooth_stage(fp32: Path, work: Path, calib_ids: np.ndarray, alpha: float, threads, say) -> tuple[Path, dict]:
+    """Smooth the graph for INT8 (:func:`smooth_for_int8`); (graph to quantize, manifest record)."""
+    smoothed = smooth_for_int8(fp32, work / "fp32_smoothed.onnx", calib_ids, alpha, threads)
+    say(f"smoothing (alpha {alpha}): {smoothed['norms']} of {smoothed['candidates']} LayerNorm outputs have a "
+        f"channel peak >= {smoothing.MIN_SPREAD:g}x the median; {smoothed['layers']} MatMul(s) smoothed")
+    return (work / "fp32_smoothed.onnx" if smoothed["norms"] else fp32), smoothed
+
+
+def _gated_fidelity(memory: np.ndarray, mask: np.ndarray, ref_memory: np.ndarray, ref_mask: np.ndarray,
+                    same: np.ndarray, pruned: bool) -> dict[str, Any]:
+    """Token fidelity on the prompts segmented as before (``same``); with a pruned vocabulary the others'
+    pooled cosine is reported apart (``resegmented``)."""
+    if not np.array_equal(mask[same], ref_mask[same]):
+        raise EdgesegError("quantized model changed the padding mask")
+    result: dict[str, Any] = token_fidelity(memory[same], ref_memory[same], ref_mask[same])
+    if pruned:
+        pooled_cos = cosine(pooled(memory[~same], mask[~same]), pooled(ref_memory[~same], ref_mask[~same]))
+        result["resegmented"] = {
+            "prompts": int((~same).sum()), "of": int(len(same)),
+            "pooled_cosine_mean": float(pooled_cos.mean()) if len(pooled_cos) else None,
+            "pooled_cosine_worst": float(pooled_cos.min()) if len(pooled_cos) else None,
+            "note": "eval prompts with a word the pruning corpus lacks: segmented differently, compared "
+                    "by masked mean-pooled memory, not gated"}
+    return result
+
+
+def _fit_gate(attempt, rank, gate: Gate, say) -> tuple[dict[str, Any], list[str], list[tuple[str, float]]]:
+    """Quantize everything; while the gate fails, return the 1, 2, 4, ... most sensitive layers to float.
+
+    Returns (fidelity, layers kept float, sensitivity ranking); raises when even all-float misses."""
+    excluded: list[str] = []
+    fidelity = attempt(excluded)
+    say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, worst {fidelity['worst_cosine']:.5f}")
+    ranking: list[tuple[str, float]] = []
+    if gate.passed(fidelity):
+        return fidelity, excluded, ranking
+    ranking = rank()
+    count = 1
+    while not gate.passed(fidelity) and count <= len(ranking):
+        excluded = [name for name, _ in ranking[:count]]
+        say(f"gate not met: keeping {count} most sensitive layer(s) in float")
+        fidelity = attempt(excluded)
+        say(f"fidelity vs FP32: mean cosine {fidelity['mean_cosine']:.5f}, worst {fidelity['worst_cosine']:.5f}")
+        count = count * 2 if count * 2 <= len(ranking) or count == len(ranking) else len(ranking)
+    if not gate.passed(fidelity):
+        raise EdgesegError(
+            f"the fidelity gate (mean >= {gate.mean_cosine}, worst >= {gate.worst_cosine}) cannot be met "
+            f"even with every layer in float (mean {fidelity['mean_cosine']:.5f}, worst "
+            f"{fidelity['worst_cosine']:.5f}); lower the gate or disable the INT8 embedding")
+    return fidelity, excluded, ranking
+
+
+def _int8_record(manifest: dict[str, Any], mode: str, method: str, embedding_int8: bool, embedding_form: str,
+                 candidates: list[str], excluded: list[str], smoothed, calibration_name: str,
+                 calibration_prompts: Sequence[str], fidelity: dict[str, Any], gate: Gate,
+                 ranking: list[tuple[str, float]]) -> dict[str, Any]:
+    """The manifest fields an INT8 bundle adds to its FP32 source's."""
+    return {
+        "precision": "int8",
+        "quantization": {
+            "mode": mode, "format": "qdq" if mode == "static" else "onnxruntime-dynamic",
+            "weights": "int8 symmetric per-channel", "activations":
+                "int8 symmetric per-tensor (calibrated)" if mode == "static" else "int8 per batch (dynamic)",
+            "op_types": ["MatMul", "Gemm"], "float_ops": ["LayerNormalization", "Softmax", "Add", "Erf",
+                                                        "activation x activation MatMul"],
+            "embedding": "int8 per-row symmetric" if embedding_int8 else "float32",
+            "embedding_form": embedding_form if embedding_int8 else None,
+            "embedding_graph": EMBEDDING_FORMS[embedding_form] if embedding_int8 else "Gather(float32 table)",
+            "quantized_layers": len(candidates) - len(excluded), "layers": len(candidates),
+            "smoothing": smoothed,
+        },
+        "calibration": None if mode == "dynamic" else {
+            "name": calibration_name, "sha256": prompts_hash(calibration_prompts),
+            "count": len(calibration_prompts), "method": method,
+        },
+        "fidelity": {**fidelity, "vs": "fp32 bundle", "split": "eval", "gate": {
+            "mean_cosine": gate.mean_cosine, "worst_cosine": gate.worst_cosine}, "passed": True},
+        "excluded_layers": excluded,
+        "sensitivity": [{"layer": n, "score": e} for n, e in ranking[:16]],
+        "sensitivity_method": None if not ranking else (
+            "restore-one gain in token-cosine error (top layers by local error)" if mode == "static"
+            else "end-to-end damage of each layer alone under simulated dynamic INT8 (DynamicQuantizeLinear "
+                 "activations, int8 per-channel weights) on calibration prompts (top layers by local error)"),
+        "source_bundle": {"precision": manifest["precision"], "model_sha256": manifest["files"][
+            manifest["model"]]["sha256"]},
+        "tools": tool_versions("onnx", "onnxruntime", "numpy"),
+    }
 
 
 def dynamic_restore_damage(fp32: Path, ids: np.ndarray, layers: Sequence[str],

@@ -61,13 +61,13 @@ class Result(ctypes.Structure):
 class Options(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("onnxruntime_library", ctypes.c_char_p),
                 ("intra_op_threads", ctypes.c_int32), ("verify_hashes", ctypes.c_int32), ("device", ctypes.c_int32),
-                ("tokenizer_only", ctypes.c_int32)]
+                ("tokenizer_only", ctypes.c_int32), ("bank_path", ctypes.c_char_p)]
 
 
 class CppRuntime:
     """The C API through ctypes (the same calls an app makes)."""
 
-    def __init__(self, bundle: Path, tokenizer_only: bool = False):
+    def __init__(self, bundle: Path, tokenizer_only: bool = False, bank: Path | None = None):
         lib = ctypes.CDLL(str(LIBRARY))
         lib.edgeseg_last_error.restype = ctypes.c_char_p
         lib.edgeseg_context_length.restype = ctypes.c_int64
@@ -83,6 +83,7 @@ class CppRuntime:
         options = Options()
         lib.edgeseg_options_init(ctypes.byref(options))
         options.tokenizer_only = int(tokenizer_only)
+        options.bank_path = str(bank).encode() if bank is not None else None
         self.handle = ctypes.c_void_p()
         if lib.edgeseg_create(str(bundle).encode(), ctypes.byref(options), ctypes.byref(self.handle)) != 0:
             raise RuntimeError(lib.edgeseg_last_error().decode())

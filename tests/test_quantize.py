@@ -18,7 +18,7 @@ from test_encoders_mobileclip import tiny_student
 from edgeseg.errors import EdgesegError
 from edgeseg.export import export_bundle
 from edgeseg.outputs import token_fidelity
-from edgeseg.quantize import Gate, quantize_bundle
+from edgeseg.quantize import Gate, quantize_bundle, quantize_embedding_rows
 from edgeseg.tokenizer import get_tokenizer
 
 SOURCE = {"checkpoint": None, "checkpoint_sha256": "random", "seed": 0}
@@ -93,6 +93,33 @@ def test_embedding_rows_are_int8_with_row_scales(fp32_bundle, static_bundle):
     assert np.all(np.abs(rebuilt - original) <= scales[0] * (0.5 + 1e-4) + 1e-6)  # half a step, float32
     assert np.allclose(np.abs(inits[tables[0]]).max(1), 127)
     assert manifest["quantization"]["embedding"] == "int8 per-row symmetric"
+    assert manifest["quantization"]["embedding_form"] == "gather_cast_mul"  # the default: ONNX Runtime's form
+
+
+def test_both_embedding_forms_hold_the_same_table_and_compute_the_same_values(fp32_bundle, tmp_path):
+    """DequantizeLinear(q, s, 0) is (q - 0) * s in float32, as Cast(q) * s is: identical outputs."""
+    model, bundle = fp32_bundle
+    ids = get_tokenizer()(["a dog", "wow!$ sign", "", "the leftmost child wearing blue vest"], 16).ids
+    outputs, graphs = {}, {}
+    for form in ("gather_cast_mul", "dequantize_gather"):
+        graph = onnx.load(str(bundle / "model.onnx"))
+        saved = quantize_embedding_rows(graph, form=form)
+        zero_points = 49408 if form == "dequantize_gather" else 0
+        assert saved == 49408 * 128 * 3 - 49408 * 4 - zero_points  # 4 -> 1 byte per weight, FP32 scale per row
+        onnx.save(graph, str(tmp_path / f"{form}.onnx"))
+        outputs[form], graphs[form] = _run(tmp_path / f"{form}.onnx", ids), graph
+    assert np.array_equal(outputs["gather_cast_mul"][0], outputs["dequantize_gather"][0])
+    assert np.array_equal(outputs["gather_cast_mul"][1], outputs["dequantize_gather"][1])
+    dq = next(n for n in graphs["dequantize_gather"].graph.node if n.op_type == "DequantizeLinear")
+    inits = {i.name: numpy_helper.to_array(i) for i in graphs["dequantize_gather"].graph.initializer}
+    assert [a.i for a in dq.attribute if a.name == "axis"] == [0]
+    table, scale, zero = (inits[name] for name in dq.input)
+    assert table.dtype == np.int8 and scale.shape == (49408,) and zero.dtype == np.int8 and not zero.any()
+    original = model.encoder.embedding_layer.weight.detach().numpy()
+    assert np.all(np.abs(table * scale[:, None] - original) <= scale[:, None] * (0.5 + 1e-4) + 1e-6)
+    assert not any(n.op_type == "Cast" for n in graphs["dequantize_gather"].graph.node if "embedding" in n.name)
+    with pytest.raises(EdgesegError, match="unknown embedding form 'int8_gather'"):
+        quantize_embedding_rows(onnx.load(str(bundle / "model.onnx")), form="int8_gather")
 
 
 def test_manifest_fidelity_is_what_onnxruntime_measures(fp32_bundle, static_bundle, prompts):

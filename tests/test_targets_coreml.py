@@ -25,6 +25,7 @@ from edgeseg.targets import coreml  # noqa: E402
 SOURCE = {"checkpoint": None, "checkpoint_sha256": "random", "seed": 0}
 REFERENCE = ["a dog", "wow!$ sign", "the leftmost child wearing blue vest", "", "two cats on a sofa"]
 MAX_BATCH = 3
+BANK_PROMPTS = ["a dog", "A Dog", "forklift", "pallet", "a player in white " * 6]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,9 @@ def tiny():
 @pytest.fixture(scope="module", params=["fp16", "int8"])
 def built(request, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"coreml_{request.param}") / "bundle"
-    result = pipeline.build("coreml", out, model=tiny, precision=request.param, prompts=pipeline.Prompts(REFERENCE),
-                            source=SOURCE, max_batch=MAX_BATCH)
+    bank = BANK_PROMPTS if request.param == "fp16" else None  # the fp16 bundle also ships a prompt bank
+    result = pipeline.build("coreml", out, model=tiny, precision=request.param, source=SOURCE, max_batch=MAX_BATCH,
+                            prompts=pipeline.Prompts(REFERENCE, bank=bank))
     return request.param, out, result
 
 
@@ -213,3 +215,37 @@ def test_cli_w8a8_implies_int8_and_refuses_other_precisions(tmp_path, monkeypatc
     assert err == ["edgeseg: error: --w8a8 quantizes activations on top of 8-bit weights: use it with --precision "
                    "int8"]
     assert not (tmp_path / "b").exists()
+
+
+def test_bundle_ships_a_prompt_bank(built, tiny):
+    """``--bank-prompts``: the bank beside the package holds what the package computes (its MIL program here;
+    Core ML itself on macOS), is bound to the package, and the C++ runtime serves it with no model
+    (tokenizer_only), as an iOS app beside the package would (Python == C++, bit for bit)."""
+    precision, out, result = built
+    if precision != "fp16":
+        assert "bank" not in result.manifest
+        return
+    import torch
+    from test_engines import LIBRARY, CppRuntime
+
+    from edgeseg.runtime import load
+    from edgeseg.targets import mil
+    from edgeseg.tokenizer import get_tokenizer
+
+    entry = result.manifest["bank"]
+    assert (entry["file"], entry["prompts"], entry["entries"]) == ("bank.safetensors", 5, 4)
+    runner = load(out, activate=False)  # Core ML cannot run here: the bank is attached and bound anyway
+    ids = get_tokenizer()(["a dog", "forklift", "pallet", "a player in white " * 6], 16).ids
+    np.testing.assert_array_equal(runner.bank.ids, ids)
+    if sys.platform != "darwin":
+        program_memory, _ = mil.evaluate_batches(mil.load_program(out / "model.mlpackage"), ids, 16)
+        np.testing.assert_array_equal(runner.bank.memory, program_memory)
+    with torch.no_grad():
+        reference = tiny(torch.from_numpy(ids))[0].numpy()
+    np.testing.assert_allclose(runner.bank.memory, reference, atol=5e-2)  # FP16 weights
+    with pytest.raises(EdgesegError, match="--bank-prompts applies to --target coreml"):
+        pipeline.preflight("onnx", "int8", False, bank=True)
+    if LIBRARY.is_file():
+        cpp = CppRuntime(out, tokenizer_only=True)
+        np.testing.assert_array_equal(cpp.encode(BANK_PROMPTS)[2], runner.bank.take([0, 0, 1, 2, 3])[0])
+        cpp.close()

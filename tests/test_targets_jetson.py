@@ -9,6 +9,7 @@ file stands in for an engine only to test the manifest bookkeeping, never as a T
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -81,7 +82,7 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     manifest = verify_bundle(out)
     assert manifest == result.manifest
     assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz",
-                                      "build_engine.py"}
+                                      "build_engine.py", "trt_lint.py", "trt_support.json"}
     assert (manifest["target"], manifest["backend"], manifest["model"], manifest["precision"]) == (
         "jetson", "onnxruntime", "model.onnx", "int8")
     engine = manifest["engine"]
@@ -95,7 +96,38 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     assert manifest["jetson"]["command"] == "python3 build_engine.py"
     assert (out / "build_engine.py").stat().st_mode & 0o111
     keys = [k for k, _ in result.rows]
-    assert keys[0] == "build" and keys[-1] == "next" and "quantize" in keys and "size" in keys
+    assert keys[0] == "build" and keys[-1] == "next" and {"quantize", "lint", "engine", "size"} <= set(keys)
+
+
+def test_int8_bundle_is_linted_and_reads_its_embedding_through_qdq(int8_build):
+    out, _ = int8_build
+    manifest = verify_bundle(out)
+    assert manifest["quantization"]["embedding_form"] == "dequantize_gather"
+    lint = manifest["tensorrt_lint"]
+    assert lint["tensorrt_version"] == "10.3" and lint["passed"] and lint["errors"] == []
+    assert lint["model"] == "model.onnx" and lint["model_sha256"] == manifest["files"]["model.onnx"]["sha256"]
+    assert lint["support_data"]["sha256"] == manifest["files"]["trt_support.json"]["sha256"]
+    assert {v: r["passed"] for v, r in lint["all_versions"].items()} == {
+        "10.3": True, "10.13": True, "10.14": True, "10.16": True}
+    model = onnx.load(str(out / "model.onnx"))
+    (table_dq,) = [n for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.output[0].endswith("_dequantized")]
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == table_dq.output[0])
+    assert gather.input[1] == "input_ids"
+    assert not any(n.op_type == "Cast" and n.input[0].endswith("_i8") for n in model.graph.node)
+
+
+def test_int8_bundle_states_bundle_and_expected_engine_bytes(int8_build):
+    """Hand count: the tiny embedding table is 49,408 x 128; dequantized it is FP32 in the engine (the
+    stated assumption), INT8 (+ FP32 scales, INT8 zero points) in the bundle."""
+    out, _ = int8_build
+    manifest = verify_bundle(out)
+    sizes = manifest["sizes"]
+    assert sizes["bundle_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
+    assert sizes["by_kind"]["dequantized_to_float"] == 49408 * 128 * 4
+    assert sizes["expected_engine_weight_bytes"] == sum(sizes["by_kind"].values())
+    assert sizes["if_dequantize_not_folded_bytes"] == sizes["expected_engine_weight_bytes"] - 49408 * 128 * 3
+    assert "TensorRT did not run" in sizes["assumption"]
 
 
 def test_jetson_onnx_runs_in_onnxruntime_and_matches_recorded_outputs(int8_build):
@@ -129,10 +161,12 @@ def test_qdq_nodes_are_symmetric_int8(int8_build):
         assert zero_point.data_type == TensorProto.INT8, f"{node.name} is not INT8"
         assert not numpy_helper.to_array(zero_point).any(), f"{node.name} is asymmetric"
         assert (numpy_helper.to_array(inits[node.input[1]]) > 0).all()
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:  # a weight: INT8, per output channel
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            # a weight (INT8, per output channel, axis 1) or the embedding table (per row, axis 0)
             weight = numpy_helper.to_array(inits[node.input[0]])
+            axis = next(a.i for a in node.attribute if a.name == "axis")
             assert weight.dtype == np.int8 and np.abs(weight).max() <= 127
-            assert numpy_helper.to_array(inits[node.input[1]]).shape == (weight.shape[1],)
+            assert numpy_helper.to_array(inits[node.input[1]]).shape == (weight.shape[axis],)
     assert not any(i.data_type == TensorProto.UINT8 for i in model.graph.initializer)
 
 
@@ -163,9 +197,14 @@ def test_script_imports_only_numpy_tensorrt_polygraphy_and_stdlib(int8_build):
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
     assert roots - set(sys.stdlib_module_names) == {"numpy", "tensorrt", "polygraphy"}
+    # the lint it runs first: numpy and onnx (imported only when a graph is linted)
+    tree = ast.parse((out / "trt_lint.py").read_text())
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert roots - set(sys.stdlib_module_names) == {"onnx"}
     code = ("import runpy, sys; sys.argv = ['build_engine.py', '--dry-run']\n"
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
-            "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'edgeseg', 'onnx'}), rc)")
+            "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'edgeseg'}), rc)")
     done = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=120)
     assert "LOADED [] 0" in done.stdout, done.stdout + done.stderr
 
@@ -181,6 +220,75 @@ def test_script_dry_run_prints_the_profile_and_strongly_typed_build(int8_build):
     assert "--minShapes=input_ids:1x16 --optShapes=input_ids:1x16 --maxShapes=input_ids:4x16" in line
     assert "--int8" not in line and "--fp16" not in line  # strongly typed: the ONNX types decide
     assert not (out / "model.engine").exists()
+    assert "lint       PASS: TensorRT 10.3 (JetPack 6.1 / 6.2, L4T R36.4): " in done.stdout
+
+
+def _run_script(bundle: Path, *args: str, block_onnx: bool = False):
+    """build_engine.py as on a device; ``block_onnx``: as where the onnx package is not installed."""
+    code = ("import runpy, sys\n" + ("sys.modules['onnx'] = None\n" if block_onnx else "") +
+            f"sys.argv = ['build_engine.py', *{list(args)!r}]\n"
+            "runpy.run_path('build_engine.py', run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=120)
+
+
+def _replace_model(bundle: Path, model) -> None:
+    """Put another graph in a bundle copy, re-hashed (a bundle that edgeseg's lint never saw)."""
+    onnx.save(model, str(bundle / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for name in ("model.onnx", "model.onnx.data"):
+        manifest["files"][name] = {"sha256": hashlib.sha256((bundle / name).read_bytes()).hexdigest(),
+                                   "bytes": (bundle / name).stat().st_size}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_script_without_onnx_uses_the_hosts_lint_of_the_same_file(bundle_copy):
+    done = _run_script(bundle_copy, "--dry-run", block_onnx=True)
+    assert done.returncode == 0, done.stderr
+    assert "lint       PASS (recorded on the host for TensorRT 10.3, same sha256; the onnx package is not " \
+           "importable here: pip3 install onnx to re-check)" in done.stdout
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    del manifest["tensorrt_lint"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    done = _run_script(bundle_copy, "--dry-run", block_onnx=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("build_engine: error: cannot lint model.onnx: the onnx package is not importable")
+    assert "lint       skipped (--skip-lint)" in _run_script(bundle_copy, "--dry-run", "--skip-lint",
+                                                            block_onnx=True).stdout
+
+
+def test_script_refuses_a_graph_outside_the_matrix_before_building(bundle_copy):
+    """An INT8 embedding in ONNX Runtime's form (Gather on INT8): refused on the device, exit 2."""
+    model = onnx.load(str(bundle_copy / "model.onnx"))
+    graph = model.graph
+    dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith("_dequantized"))
+    gather = next(n for n in graph.node if n.op_type == "Gather" and n.input[0] == dq.output[0])
+    gather.input[0] = dq.input[0]  # gather the INT8 rows directly ...
+    cast = onnx.helper.make_node("Cast", [gather.output[0]], ["rows_f"], name="rows_cast", to=TensorProto.FLOAT)
+    gather.output[0], cast.output[0] = "rows_i8", gather.output[0]
+    cast.input[0] = "rows_i8"
+    graph.node.insert(list(graph.node).index(gather) + 1, cast)  # ... and cast them (scales left out)
+    graph.node.remove(dq)
+    _replace_model(bundle_copy, model)
+    before = (bundle_copy / "manifest.json").read_bytes()
+    done = _run_script(bundle_copy, "--trtexec", sys.executable)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("build_engine: error: TensorRT lint: model.onnx is not accepted by TensorRT 10.3")
+    assert f"node '{gather.name}' (Gather): input 0 '{dq.input[0]}' is INT8" in done.stderr
+    assert not (bundle_copy / "model.engine").exists() and (bundle_copy / "manifest.json").read_bytes() == before
+    # the host's record is for another file (sha256): without onnx the script will not vouch for this one
+    done = _run_script(bundle_copy, "--dry-run", block_onnx=True)
+    assert done.returncode == 2 and "holds no lint of this file" in done.stderr
+
+
+def test_kit_lints_against_the_devices_release(int8_build):
+    kit = load_kit(int8_build[0] / "build_engine.py")
+    lint = kit.load_lint(int8_build[0])
+    manifest = json.loads((int8_build[0] / "manifest.json").read_text())
+    assert kit.lint_plan(lint, manifest, "10.3.0.30") == "10.3"
+    assert kit.lint_plan(lint, manifest, "10.13.3") == "10.13"
+    assert kit.lint_plan(lint, manifest, "10.16.0") == "10.16"
+    assert kit.lint_plan(lint, manifest, None) == manifest["tensorrt_lint"]["tensorrt_version"]
+    assert kit.load_lint(int8_build[0] / "nowhere") is None
 
 
 @pytest.fixture
@@ -283,6 +391,11 @@ def test_stage_plan_refuses_what_tensorrt_cannot_take(tiny_fp32, tmp_path):
     assert pipeline.stage_plan({"precision": "fp32", "backend": "onnxruntime"}, "fp16", "gpu") == ["fp16"]
     with pytest.raises(EdgesegError, match="tensorrt bundle"):
         pipeline.stage_plan({"precision": "int8", "backend": "tensorrt", "target": "gpu"}, "int8", "gpu")
+    ort_form = {"precision": "int8", "backend": "onnxruntime", "quantization": {
+        "mode": "static", "embedding_form": "gather_cast_mul"}}
+    with pytest.raises(EdgesegError, match="--embedding-form dequantize_gather"):
+        pipeline.stage_plan(ort_form, "int8", "jetson")
+    assert pipeline.stage_plan(ort_form, "int8", "onnx") == []
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.glob(".a.build-*"))  # the work folder is removed on failure
 
@@ -294,6 +407,48 @@ def test_on_a_jetson_the_gpu_path_needs_tensorrt(monkeypatch):
     assert pipeline.preflight("jetson", "int8", False, jetson_probe=lambda: False) == {"on_jetson": False}
     with pytest.raises(EdgesegError, match="not available on Jetson"):
         trt_target.builder_options(hardware_compatible=True, on_jetson=True)
+
+
+def test_a_graph_outside_the_matrix_stops_the_build_with_one_line(tiny_fp32, tmp_path):
+    """An FP32 bundle whose graph holds an integer CumSum (listed for FP32/FP16/BF16 only)."""
+    from edgeseg.bundle import bundle_writer, copy_files, finalize
+
+    odd = tmp_path / "odd"
+    manifest = verify_bundle(tiny_fp32)
+    with bundle_writer(odd) as tmp:
+        copy_files(tmp, tiny_fp32, manifest, include_model=False)
+        model = onnx.load(str(tiny_fp32 / "model.onnx"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), "cumsum_axis"))
+        model.graph.node.append(onnx.helper.make_node("CumSum", ["input_ids", "cumsum_axis"], ["seen"],
+                                                      name="count_tokens"))
+        onnx.save(model, str(tmp / "model.onnx"))
+        finalize(tmp, {k: v for k, v in manifest.items() if k not in ("files", "model_data")})
+    with pytest.raises(EdgesegError) as caught:
+        pipeline.build("jetson", tmp_path / "out", bundle=odd, prompts=Prompts([]), facts={"on_jetson": False})
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("TensorRT lint: model.onnx is not accepted by TensorRT 10.3")
+    assert "node 'count_tokens' (CumSum): input 0 'input_ids' is INT64; TensorRT 10.3 lists CumSum for FP32" in message
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(EdgesegError, match="^--tensorrt-version 9.9: the kit has support matrices for 10.3, 10.13"):
+        pipeline.build("jetson", tmp_path / "out", bundle=tiny_fp32, prompts=Prompts([]), facts={"on_jetson": False},
+                       engine=pipeline.EngineOptions(tensorrt_version="9.9"))
+    with pytest.raises(EdgesegError, match="^--tensorrt-version applies to --target gpu and jetson"):
+        pipeline.preflight("onnx", "int8", True, tensorrt_version="10.3")
+
+
+def test_cli_tensorrt_version_and_lint_failure_are_one_line_exit_2(tiny_fp32, tmp_path, capsys):
+    from edgeseg.cli import main
+
+    assert main(["build", "--target", "jetson", "--bundle", str(tiny_fp32), "--tensorrt-version", "8.6", "--out",
+                 str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err == "edgeseg: error: --tensorrt-version 8.6: the kit has support matrices for 10.3, 10.13, 10.14, " \
+                  "10.16\n"
+    assert main(["build", "--target", "jetson", "--bundle", str(tiny_fp32), "--tensorrt-version", "10.16",
+                 "--out", str(tmp_path / "b")]) == 0
+    lint = verify_bundle(tmp_path / "b")["tensorrt_lint"]
+    assert lint["tensorrt_version"] == "10.16" and lint["matrices"][0]["commit"].startswith("6bde6596")
+    assert not (tmp_path / "a").exists()
 
 
 def test_fp32_bundle_goes_straight_to_the_target(tiny_fp32, tmp_path):

@@ -74,6 +74,8 @@ def test_onnx_target_int8_quantizes_first(tiny_fp32, tmp_path):
     result = pipeline.build("onnx", out, bundle=tiny_fp32, precision="int8", prompts=_prompts(), gate=Gate(0.99, 0.9))
     manifest = verify_bundle(out)
     assert manifest["precision"] == "int8" and manifest["quantization"]["mode"] == "static"
+    assert manifest["quantization"]["embedding_form"] == "gather_cast_mul"  # ONNX Runtime's fastest form
+    assert "tensorrt_lint" not in manifest  # no TensorRT target, no lint
     assert manifest["build"]["stages"] == ["quantize", "onnx"] and manifest["calibration"]["count"] == 64
     assert [k for k, _ in result.rows] == ["build", "bundle", "quantize", "target", "check", "size"]
     with pytest.raises(EdgesegError, match="not a bundle"):  # out exists and is not a bundle: refused up front
@@ -90,7 +92,8 @@ def test_cli_build_from_a_bundle(tiny_fp32, tmp_path, capsys):
     manifest = verify_bundle(tmp_path / "j")
     assert manifest["precision"] == "fp16" and manifest["engine"]["profile"]["input_ids"]["max"] == [2, 16]
     summary = err[err.index("build summary"):].splitlines()[1:]
-    assert [line.split()[0] for line in summary] == ["build", "bundle", "fp16", "target", "check", "size", "next"]
+    assert [line.split()[0] for line in summary] == ["build", "bundle", "fp16", "target", "check", "lint", "engine",
+                                                     "size", "next"]
     assert main(["build", "--target", "onnx", "--bundle", str(tiny_fp32), "--checkpoint", "x.pt", "--out",
                  str(tmp_path / "y")]) == 2
     assert main(["build", "--target", "onnx", "--out", str(tmp_path / "z")]) == 2

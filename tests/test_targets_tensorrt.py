@@ -180,3 +180,30 @@ def test_real_engine(tiny_pair, tmp_path):
     assert manifest["engine"]["profile"]["input_ids"]["max"] == [4, 16]
     with TensorRTRunner(out, manifest) as runner:
         assert runner.self_check()["mean_cosine"] >= manifest["engine"]["verify_gate"]["mean_cosine"]
+
+
+def test_engine_weight_estimate_counts_by_the_stated_assumption(tmp_path):
+    """Hand count on a graph with one of each kind: INT8 weight into MatMul (stays INT8), INT8 table into
+    Gather (assumed folded to its FP32 scale type), a float bias, and the int64 shape-like constant."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    arrays = {"w_q": np.zeros((8, 6), np.int8), "w_s": np.ones(6, np.float32), "w_z": np.zeros(6, np.int8),
+              "t_q": np.zeros((50, 8), np.int8), "t_s": np.ones(50, np.float32), "t_z": np.zeros(50, np.int8),
+              "bias": np.zeros(6, np.float32), "axes": np.array([0], np.int64)}
+    nodes = [helper.make_node("DequantizeLinear", ["t_q", "t_s", "t_z"], ["table"], axis=0),
+             helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=1),
+             helper.make_node("MatMul", ["rows", "w"], ["mm"]),
+             helper.make_node("Add", ["mm", "bias"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])],
+                              initializer=[numpy_helper.from_array(a, n) for n, a in arrays.items()])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    estimate = trt_target.engine_weight_estimate(tmp_path / "m.onnx")
+    assert estimate["by_kind"] == {"int8_fused": 8 * 6, "dequantized_to_float": 50 * 8 * 4,
+                                   "float": 6 * 4 + 50 * 4 + 6 * 4, "other": 50 + 6 + 8}
+    assert estimate["expected_engine_weight_bytes"] == 48 + 1600 + 248 + 64
+    assert estimate["if_dequantize_not_folded_bytes"] == 48 + 400 + 248 + 64
+    sizes = trt_target.size_figures(tmp_path, "m.onnx")
+    assert sizes["bundle_bytes"] == (tmp_path / "m.onnx").stat().st_size

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from edgeseg.cli import analyze, bench, build, convert, distill, encoders  # noqa: F401  (register the commands)
+from edgeseg.cli import analyze, bank, bench, build, convert, distill, encoders  # noqa: F401  (register the commands)
 from edgeseg.cli.common import cli
 from edgeseg.errors import EdgesegError
 

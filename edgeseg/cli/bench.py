@@ -34,11 +34,15 @@ from edgeseg.errors import EdgesegError
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS child processes.")
 @click.option("--device", default="cpu", help="torch device for torch encoders (cpu, cuda).")
 @click.option("--suite", default=None, help="Name of the benchmarks/ suite this run belongs to (recorded).")
+@click.option("--bank", is_flag=True, help="Also benchmark prompt banks of the first bundle candidate (OUT/bank/).")
+@click.option("--bank-prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts of the --bank benchmark (default: 1,000 evenly spaced eval-split prompts).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for results.json, report.md and the PNG plots.")
 def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None, batches: str, threads: int,
           sam3_checkpoint: Path | None, images: Path | None, max_images: int | None, skip_segmentation: bool,
-          rounds: int, eval_prompts: int, no_memory: bool, device: str, suite: str | None, out: Path) -> None:
+          rounds: int, eval_prompts: int, no_memory: bool, device: str, suite: str | None, bank: bool,
+          bank_prompts: Path | None, out: Path) -> None:
     """Benchmark bundles and/or encoders against the FP32 SAM3 text encoder.
 
     CANDIDATES are bundle folders (edgeseg export/quantize/build) or encoder names (torch, random
@@ -60,12 +64,34 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
                         skip_segmentation=skip_segmentation, rounds=rounds, eval_prompts=eval_prompts,
                         memory=not no_memory, max_images=max_images, device=device, suite=suite,
                         command=_bench_command(click.get_current_context()))
+    bank_job = _bank_job(candidates, bank_prompts) if bank or bank_prompts else None  # checked before the long run
     prepared = prepare(opts)
     if sam3_checkpoint is None:
         _note("no --sam3-checkpoint: the baseline and SAM3's image model have RANDOM weights; accuracy figures "
               "are not meaningful")
     results = run_bench(opts, prepared)
     _note(f"wrote {out}/results.json, report.md and plots in {results['runtime_s'] / 60:.1f} min")
+    if bank_job is not None:
+        _bank_phase(*bank_job, out, threads)
+
+
+# -- prompt banks (issue 16): a separate phase after the main run, results in OUT/bank/ -----------------
+def _bank_job(candidates: tuple[str, ...], prompts_file: Path | None) -> tuple[Path, list[str]]:
+    from edgeseg.bench.bank import bank_target, default_prompts
+    from edgeseg.fileio import read_prompts
+
+    return bank_target(candidates), read_prompts(prompts_file) if prompts_file is not None else default_prompts()
+
+
+def _bank_phase(bundle: Path, prompts: list[str], out: Path, threads: int) -> None:
+    from edgeseg.bench.bank import run_bank_bench
+
+    results = run_bank_bench(bundle, prompts, out / "bank", threads=threads, progress=_note)
+    for bar in results["targets"]:
+        ratio = "n/a" if bar["ratio_to_goal"] is None else f"{bar['ratio_to_goal']:.2f}x the goal"
+        value = "n/a" if bar["measured"] is None else f"{bar['measured']:,.2f}{bar['unit']}"
+        _note(f"bank: {bar['bar']}: {value} (goal {bar['goal']}; {ratio})")
+    _note(f"wrote {out}/bank/results.json, report.md and bank.png")
 
 
 def _bench_command(ctx: click.Context) -> str:

@@ -75,6 +75,11 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.option("--min-worst-cosine", type=float, default=0.99, show_default=True,
               help="Gate: the worst prompt's valid-token cosine.")
 @click.option("--float-embedding", is_flag=True, help="Keep the token-embedding table in FP32 (default: INT8 rows).")
+@click.option("--embedding-form", type=click.Choice(["gather_cast_mul", "dequantize_gather"]),
+              default="gather_cast_mul", show_default=True,
+              help="How the graph reads the INT8 embedding rows: gather_cast_mul (ONNX Runtime's fastest) or "
+                   "dequantize_gather (DequantizeLinear -> Gather, the form TensorRT 10 accepts: for a bundle you "
+                   "will build with --target gpu/jetson). Same table, same values.")
 @click.option("--prune-vocab", "prune_vocab", default=None, metavar="train|FILE",
               help="Vocabulary pruning: keep only the embedding rows (and BPE merges) that a prompt corpus needs, "
                    "plus all byte tokens; the bundle ships the pruned tokenizer. 'train' = the shipped calibration "
@@ -89,8 +94,8 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration_limit: int | None, method: str,
              mode: str, eval_prompts: Path | None, eval_limit: int, min_mean_cosine: float,
-             min_worst_cosine: float, float_embedding: bool, prune_vocab: str | None, smooth_alpha: float,
-             threads: int | None) -> None:
+             min_worst_cosine: float, float_embedding: bool, embedding_form: str, prune_vocab: str | None,
+             smooth_alpha: float, threads: int | None) -> None:
     """Quantize an FP32 ONNX bundle to INT8, calibrated on prompts and gated on fidelity.
 
     Static mode writes explicit Q/DQ (symmetric INT8, per-channel weights, per-tensor activations)
@@ -123,7 +128,8 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     manifest = quantize_bundle(bundle, out, calibration, evaluation, calibration_name=calibration_name,
                                method=method, mode=mode, gate=Gate(min_mean_cosine, min_worst_cosine),
                                embedding_int8=not float_embedding, threads=threads, progress=_note,
-                               prune_prompts=prune_prompts, prune_name=prune_name, smooth_alpha=smooth_alpha)
+                               prune_prompts=prune_prompts, prune_name=prune_name, smooth_alpha=smooth_alpha,
+                               embedding_form=embedding_form)
     fid = manifest["fidelity"]
     size = sum(f["bytes"] for f in manifest["files"].values())
     _note(f"INT8 ({mode}) -> {out}: {size / 1e6:.1f} MB, mean cosine {fid['mean_cosine']:.5f}, worst "
@@ -174,10 +180,20 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
 @click.option("--workspace-mib", type=click.IntRange(min=1), default=None, help="TensorRT builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="TensorRT timing cache (default: ~/.cache/edgeseg/tensorrt-timing.cache).")
-@click.option("--float-embedding", is_flag=True, help="INT8: keep the token-embedding table FP32 (default: INT8 rows).")
+@click.option("--float-embedding", is_flag=True, help="INT8: keep the token-embedding table FP32 (default: INT8 rows; "
+              "read as DequantizeLinear -> Gather for gpu/jetson, Gather -> Cast -> Mul for onnx).")
+@click.option("--tensorrt-version", default=None, metavar="VERSION",
+              help="gpu/jetson: lint the final ONNX against this TensorRT version's ONNX support matrix (10.3, 10.13, "
+                   "10.14, 10.16; default 10.3, the oldest the Jetson kit supports); a graph outside it stops the "
+                   "build (exit 2).")
 @click.option("--w8a8", is_flag=True, help="Core ML: 8-bit activations on top of 8-bit weights (implies --precision "
               "int8; symmetric, before every linear/conv input, calibrated on the calibration prompts; pays off on "
               "A17 Pro / M4).")
+@click.option("--bank-prompts", type=click.Path(path_type=Path), default=None,
+              help="Core ML: also ship a prompt bank of these prompts beside the package (an app answers them "
+                   "without the model; see README 'Prompt banks').")
+@click.option("--bank-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Memory dtype of --bank-prompts' bank.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @semantics_option
@@ -186,11 +202,14 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
           calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
           method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
           version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,
-          w8a8: bool, threads: int | None, seed: int, semantics: str | None) -> None:
+          tensorrt_version: str | None, w8a8: bool, bank_prompts: Path | None, bank_dtype: str, threads: int | None,
+          seed: int, semantics: str | None) -> None:
     """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
 
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
-    coreml needs coremltools (and --encoder). A summary of every stage is printed on stderr.
+    coreml needs coremltools (and --encoder). For gpu/jetson the final ONNX is linted against TensorRT's
+    ONNX support matrix (--tensorrt-version) before the target step. A summary of every stage is printed
+    on stderr.
     """
     from edgeseg.bundle import check_bundle_target, verify_bundle
     from edgeseg.corpus import load_split
@@ -207,18 +226,20 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
     precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)
-    facts = preflight(target, precision, bundle is not None, w8a8)
+    facts = preflight(target, precision, bundle is not None, w8a8, tensorrt_version=tensorrt_version,
+                      bank=bank_prompts is not None)
     calibration, calibration_name = (read_prompts(calibration_file), calibration_file.name) if calibration_file \
         else (load_split("calibration"), "calibration/calibration.txt")
     evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
     prompts = Prompts(_reference_prompts(reference_prompts), calibration[:calibration_limit], calibration_name,
-                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding)
+                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding,
+                      read_prompts(bank_prompts) if bank_prompts else None, bank_dtype)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics) if encoder else None
     result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,
                        source=_source(checkpoint, seed, model) if encoder else None, max_batch=max_batch, opset=opset,
                        method=method, gate=Gate(min_mean_cosine, min_worst_cosine),
                        engine=EngineOptions(hardware_compatible, version_compatible, workspace_mib, None,
-                                            str(timing_cache) if timing_cache else None),
+                                            str(timing_cache) if timing_cache else None, tensorrt_version),
                        w8a8=w8a8, threads=threads, progress=_note, facts=facts)
     _note("build summary")
     for line in result.summary():

@@ -103,6 +103,9 @@ def tokenize(prompts_file: Path, context_length: int, out: Path, semantics: str)
 @click.option("--encoder", default=None, help=ENCODER_HELP + " Either --encoder or --bundle.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Run a bundle (from export/quantize/build) instead of a torch encoder; never imports torch.")
+@click.option("--bank", "bank_file", type=click.Path(path_type=Path), default=None,
+              help="With --bundle: a prompt bank built from it (edgeseg bank build); prompts it holds are answered "
+                   "from it, the others run the model.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
 @click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
@@ -118,9 +121,9 @@ def tokenize(prompts_file: Path, context_length: int, out: Path, semantics: str)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (bundles).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @semantics_option
-def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
-           position_table: str | None, prompts_file: Path, out: Path, batch_size: int | None, device: str,
-           threads: int | None, seed: int, semantics: str | None) -> None:
+def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, checkpoint: Path | None,
+           context_length: int | None, position_table: str | None, prompts_file: Path, out: Path,
+           batch_size: int | None, device: str, threads: int | None, seed: int, semantics: str | None) -> None:
     """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
     from tqdm import tqdm
 
@@ -131,17 +134,20 @@ def encode(encoder: str | None, bundle: Path | None, checkpoint: Path | None, co
     if bundle is not None and (checkpoint is not None or context_length is not None or semantics is not None):
         raise EdgesegError("--checkpoint, --context-length and --semantics do not apply to --bundle (the bundle "
                            "fixes them)")
+    if bank_file is not None and bundle is None:
+        raise EdgesegError("--bank applies to --bundle (a bank belongs to the bundle it was built from)")
     prompts = read_prompts(prompts_file)
     check_output_folder(out)
     if bundle is not None:
         from edgeseg.runtime import load
         from edgeseg.runtime.base import DEFAULT_BATCH
 
-        with load(bundle, threads=threads) as runner, \
+        with load(bundle, threads=threads, bank=bank_file) as runner, \
                 tqdm(total=len(prompts), unit="prompt", desc=bundle.name, disable=None, file=sys.stderr) as bar:
             result = runner.encode(prompts, batch_size=batch_size or DEFAULT_BATCH, progress=bar.update)
         name, length = f"bundle {bundle}", runner.context_length
-        padding = f"{runner.manifest.get('semantics', 'efficientsam3')}, pad id {runner.tokenizer.pad_id}"
+        padding = (f"{runner.manifest.get('semantics', 'efficientsam3')}, pad id "
+                   f"{runner.manifest['tokenizer'].get('pad_id', 0)}")
     else:
         from edgeseg.encode import encode_prompts
 

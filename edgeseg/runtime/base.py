@@ -4,28 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeseg.bank import Bank
 from edgeseg.bundle import bundle_tokenizer, load_reference
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import Encoded, token_fidelity
-from edgeseg.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # the tokenizer (ftfy, regex) is imported only when a prompt needs tokenizing
+    from edgeseg.tokenizer import Tokenizer
 
 #: prompts per model call in ``Runner.encode`` (and ``edgeseg encode --bundle``)
 DEFAULT_BATCH = 8
 
 
 class Runner:
-    """Encodes prompts with one bundle. Subclasses implement ``_activate`` and ``infer``."""
+    """Encodes prompts with one bundle. Subclasses implement ``_activate`` and ``infer``.
 
-    def __init__(self, bundle: Path, manifest: dict[str, Any], threads: int | None = None):
+    With a prompt bank (``bank``, :mod:`edgeseg.bank`), :meth:`encode` answers the prompts the bank
+    knows from it (by exact text, else by token ids) and runs the model for the others only.
+    """
+
+    #: False for a runner without a model (a bank-only bundle): a prompt missing from its bank is an error
+    has_model = True
+
+    def __init__(self, bundle: Path, manifest: dict[str, Any], threads: int | None = None, bank: Bank | None = None):
         self.bundle = Path(bundle)
         self.manifest = manifest
         self.threads = threads
         self.context_length = int(manifest["context_length"])
         self.is_active = False
+        self.bank = bank
         self._tokenizer: Tokenizer | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -84,6 +95,8 @@ class Runner:
             raise EdgesegError("runner is not active: call activate() or use it as a context manager")
         if isinstance(prompts, str):
             prompts = [prompts]
+        if self.bank is not None:
+            return self._encode_banked(list(prompts), batch_size, progress)
         tokens = self.tokenizer(list(prompts), self.context_length)
         if not len(tokens.ids):
             empty = np.zeros((0, self.context_length, int(self.manifest["outputs"][0]["shape"][-1])), np.float32)
@@ -96,6 +109,44 @@ class Runner:
             if progress is not None:
                 progress(len(memory))
         return Encoded(tokens.ids, np.concatenate(masks), np.concatenate(memories), tokens.truncated)
+
+    # -- prompt banks ---------------------------------------------------------------------------
+    def _encode_banked(self, prompts: list[str], batch_size: int, progress=None) -> Encoded:
+        """The bank's rows where it knows a prompt; the fast path needs no tokenizer at all."""
+        bank = self.bank
+        found = bank.find_texts(prompts)
+        if found and -1 not in found:  # every prompt stored by its exact text
+            ids, mask, memory = bank.rows(found)
+            truncated = sum(p in bank.truncated_texts for p in prompts) if bank.truncated_texts else 0
+            if progress is not None:
+                progress(len(prompts))
+            return Encoded(ids, mask, memory, truncated)
+        return self._encode_mixed(prompts, np.array(found, dtype=np.int64), batch_size, progress)
+
+    def _encode_mixed(self, prompts: list[str], found: np.ndarray, batch_size: int, progress=None) -> Encoded:
+        """Prompts not stored by text are tokenized and looked up by ids; the rest run the model, in order."""
+        bank, length = self.bank, self.context_length
+        ids = np.zeros((len(prompts), length), dtype=np.int64)
+        known, rest = np.flatnonzero(found >= 0), np.flatnonzero(found < 0)
+        ids[known] = bank.ids[found[known]]
+        tokens = self.tokenizer([prompts[i] for i in rest], length)
+        ids[rest] = tokens.ids
+        found[rest] = bank.find_ids(tokens.ids)
+        truncated = tokens.truncated + sum(prompts[i] in bank.truncated_texts for i in known)
+        hit, miss = np.flatnonzero(found >= 0), np.flatnonzero(found < 0)
+        if miss.size and not self.has_model:
+            raise EdgesegError(bank.unknown_message([prompts[i] for i in miss], f"bank-only bundle {self.bundle}"))
+        memory = np.empty((len(prompts), length, bank.header.output_dim), dtype=np.float32)
+        mask = np.empty((len(prompts), length), dtype=bool)
+        memory[hit], mask[hit] = bank.take(found[hit])
+        if progress is not None and hit.size:
+            progress(int(hit.size))
+        for start in range(0, miss.size, batch_size):
+            rows = miss[start:start + batch_size]
+            memory[rows], mask[rows] = self.infer(ids[rows])
+            if progress is not None:
+                progress(len(rows))
+        return Encoded(ids, mask, memory, truncated)
 
     def self_check(self) -> dict[str, float]:
         """Run the bundle's reference ids and compare with the FP32 reference outputs."""

@@ -396,6 +396,48 @@ def predict(package: str | os.PathLike, input_ids: np.ndarray, max_batch: int,
     return np.concatenate(memories), np.concatenate(masks)
 
 
+def ship_bank(directory: Path, fields: dict[str, Any], prompts: Sequence[str], dtype: str, max_batch: int,
+              say: Callable[[str], None], rows: list[tuple[str, str]]) -> dict[str, Any]:
+    """Write the prompt bank a Core ML bundle ships (``bank.safetensors``) and return its manifest entry
+    (and a summary row in ``rows``).
+
+    The memory is what the package computes: Core ML's own prediction on macOS; elsewhere the package's
+    MIL program evaluated in float32 (:mod:`edgeseg.targets.mil`), which has the stored weights but not the
+    device's FP16 arithmetic. The bank is bound to the package's files and the vocabulary (``fields`` is
+    the manifest about to be written).
+    """
+    from edgeseg.bank import BANK_FILE, BankSource, build_bank, bundle_identity
+    from edgeseg.bundle import bundle_tokenizer
+    from edgeseg.fileio import sha256_file
+
+    files = {path.relative_to(directory).as_posix(): {"sha256": sha256_file(path)}
+             for path in sorted(directory.rglob("*")) if path.is_file()}
+    package = directory / PACKAGE
+    if sys.platform == "darwin":
+        producer = "Core ML prediction (CPU_AND_NE)"
+
+        def encode(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return predict(package, ids, max_batch)
+    else:
+        from edgeseg.targets import mil
+
+        producer = (f"the package's MIL program in float32 (edgeseg.targets.mil; Core ML cannot run on "
+                    f"{platform.system()})")
+        program = mil.load_program(package)
+
+        def encode(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return mil.evaluate_batches(program, ids, 16)
+    source = BankSource(identity=bundle_identity({**fields, "files": files}),
+                        tokenizer=bundle_tokenizer(directory, fields), encode_ids=encode,
+                        encoder=str(fields["encoder"]), precision=str(fields["precision"]), producer=producer,
+                        tools=tool_versions("numpy", "coremltools", "torch"))
+    say(f"prompt bank: {len(prompts)} prompt(s) through the package ({dtype})")
+    header = build_bank(directory / BANK_FILE, prompts, source, dtype)
+    rows.append(("bank", f"{BANK_FILE}: {header.prompts} prompt(s), {header.entries} entries, {dtype}; {producer}"))
+    return {"file": BANK_FILE, "dtype": dtype, "prompts": header.prompts, "entries": header.entries,
+            "producer": producer}
+
+
 # -- the bundle ----------------------------------------------------------------------------------
 def coreml_bundle(
     model,
@@ -410,8 +452,13 @@ def coreml_bundle(
     calibration: Sequence[str] | None = None,
     evaluation: Sequence[str] | None = None,
     calibration_name: str = "calibration",
+    bank: Sequence[str] | None = None,
+    bank_dtype: str = "float32",
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Convert ``model`` and write a Core ML bundle at ``out``; returns (manifest, summary rows).
+
+    ``bank``: prompts whose outputs the bundle ships in a prompt bank beside the package
+    (:func:`ship_bank`), so that an app answers them without running the model.
 
     Every package's MIL program is also evaluated (:mod:`edgeseg.targets.mil`) on up to
     ``EMULATION_PROMPTS`` of ``evaluation`` (default: the reference prompts) against torch FP32 and
@@ -472,7 +519,7 @@ def coreml_bundle(
                                    f"{predicted['worst_cosine']:.5f} below the gate {mean} / {worst}")
         tokenizer = write_bundle_vocabulary(tmp, model.pad_id, MASK_RULES[model.padding.semantics])
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
-        manifest = finalize(tmp, {
+        fields = {
             "encoder": model.name,
             "context_length": length,
             "position_table": getattr(model, "position_table", None),
@@ -514,7 +561,10 @@ def coreml_bundle(
             "params": model.num_parameters(include_unused=False),
             **(extra or {}),
             "tools": tool_versions("torch", "coremltools", "numpy"),
-        })
+        }
+        if bank:
+            fields["bank"] = ship_bank(tmp, fields, bank, bank_dtype, max_batch, say, rows)
+        manifest = finalize(tmp, fields)
     size = facts["bytes"] / 1e6
     rows.append(("target", f"{PACKAGE}: ML program, iOS 17+/macOS 14+, int32 ids, {facts['quantized_weights']} "
                            f"8-bit weight tensor(s), {size:.1f} MB"))

@@ -2,12 +2,14 @@
 
 Off the device (no ``/etc/nv_tegra_release``), ``edgeseg build --target jetson`` writes a bundle with
 the TensorRT-ready ONNX (INT8 Q/DQ, FP16 or FP32), the tokenizer vocabulary, the reference inputs
-and FP32 outputs, the manifest with an ``engine`` section (profile, builder options, gate) and ONE
-script, ``build_engine.py`` (numpy + TensorRT/polygraphy only, see
-:mod:`edgeseg.targets.jetson_kit.build_engine`). The bundle's model is the ONNX (backend
-``onnxruntime``) until the script has built and verified ``model.engine`` on the Jetson and named
-it as the model (backend ``tensorrt``). Before writing, the ONNX is run with ONNX Runtime on this
-host against the recorded outputs.
+and FP32 outputs, the manifest with an ``engine`` section (profile, builder options, gate) and the
+kit: ONE script, ``build_engine.py`` (numpy + TensorRT/polygraphy only, see
+:mod:`edgeseg.targets.jetson_kit.build_engine`), with ``trt_lint.py`` + ``trt_support.json``, the
+static check against TensorRT's ONNX support matrix that ran here before writing (the manifest's
+``tensorrt_lint``) and that the script runs again on the device before it builds. The bundle's
+model is the ONNX (backend ``onnxruntime``) until the script has built and verified
+``model.engine`` on the Jetson and named it as the model (backend ``tensorrt``). Before writing,
+the ONNX is run with ONNX Runtime on this host against the recorded outputs.
 
 On a Jetson, the same command builds and verifies the engine directly (the gpu path).
 
@@ -28,7 +30,6 @@ import numpy as np
 from edgeseg.bundle import (
     bundle_writer,
     copy_files,
-    copy_into,
     finalize,
     inherited,
     load_reference,
@@ -38,7 +39,6 @@ from edgeseg.bundle import (
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
 from edgeseg.targets import tensorrt as trt_target
-from edgeseg.targets.jetson_kit import SCRIPT
 from edgeseg.targets.jetson_kit import build_engine as kit
 
 log = logging.getLogger(__name__)
@@ -85,16 +85,22 @@ def device_bundle(
     extra: dict[str, Any] | None = None,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    lint_version: str | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Write the on-device bundle (ONNX + build_engine.py) from an ONNX stage bundle; (manifest, rows)."""
+    """Write the on-device bundle (ONNX + the kit) from an ONNX stage bundle; (manifest, rows).
+
+    The ONNX is linted against TensorRT ``lint_version``'s support matrix first (default: the kit's
+    oldest, 10.3) and run with ONNX Runtime against its recorded FP32 outputs."""
     say = progress or (lambda message: log.info("%s", message))
     stage = Path(stage)
     manifest = verify_bundle(stage)
+    say(f"linting {manifest['model']} against TensorRT's ONNX support matrix")
+    lint = trt_target.lint_stage(stage, manifest, lint_version)
     section = trt_target.engine_section(manifest, max_batch, options, built=False, onnx_name=manifest["model"])
     with bundle_writer(out) as tmp:
         copy_files(tmp, stage, manifest)
-        copy_into(tmp, SCRIPT, trt_target.SCRIPT_NAME)
-        os.chmod(tmp / trt_target.SCRIPT_NAME, 0o755)
+        trt_target.copy_kit(tmp)
+        sizes = trt_target.size_figures(tmp, manifest["model"])
         say("checking the ONNX with ONNX Runtime on this host against the recorded FP32 outputs")
         check = host_check(tmp, manifest, threads)
         if not check["passed"]:
@@ -110,6 +116,8 @@ def device_bundle(
                        "builders": "polygraphy if importable, else trtexec --stronglyTyped "
                                    "(/usr/src/tensorrt/bin/trtexec or PATH)"},
             "host_check": {**check, "runtime": "onnxruntime CPU", "vs": "reference.npz (FP32)"},
+            "tensorrt_lint": lint,
+            "sizes": sizes,
             **(extra or {}),
             "tools": tool_versions("onnx", "onnxruntime", "numpy"),
         })
@@ -122,16 +130,20 @@ def device_bundle(
         ("check", f"ONNX Runtime here vs FP32 reference ({check['prompts']} prompts): mean cos "
                   f"{check['mean_cosine']:.5f}, worst {check['worst_cosine']:.5f}, mask "
                   f"{'equal' if check['mask_equal'] else 'DIFFERS'}"),
+        trt_target.lint_row(lint),
+        trt_target.size_row(sizes),
         ("next", f"copy {Path(out).name}/ to the Jetson (JetPack 6.1+/7.x) and run: cd {Path(out).name} && "
                  f"python3 {trt_target.SCRIPT_NAME}"),
     ]
     return result, rows
 
 
-def on_device_bundle(stage, out, max_batch, options, timing_cache=None, extra=None, progress=None):
-    """On a Jetson: build and verify the engine here (the gpu path), stamped with the L4T release."""
+def on_device_bundle(stage, out, max_batch, options, timing_cache=None, extra=None, progress=None,
+                     lint_version=None):
+    """On a Jetson: lint, build and verify the engine here (the gpu path), stamped with the L4T release."""
     if options.get("hardware_compatibility") != "none":
         raise EdgesegError("--hardware-compatible is not available on Jetson")
     extra = {**(extra or {}), "jetson": {"l4t": kit.l4t_release(), "jetpack": JETPACK,
                                          "command": f"python3 {trt_target.SCRIPT_NAME} (rebuild)"}}
-    return trt_target.build_engine_bundle(stage, out, "jetson", max_batch, options, timing_cache, extra, progress)
+    return trt_target.build_engine_bundle(stage, out, "jetson", max_batch, options, timing_cache, extra, progress,
+                                          lint_version)

@@ -13,6 +13,12 @@ summary rows that the CLI prints.
 
 Prerequisites are checked first (:func:`preflight`), so ``--target gpu`` without TensorRT or a GPU
 stops in a second with one line, before any export or calibration.
+
+TensorRT targets (``gpu``, ``jetson``) get the INT8 token embedding in the form TensorRT's ONNX
+support matrix allows (``DequantizeLinear -> Gather``, :data:`EMBEDDING_FORM`), ``onnx`` keeps the
+``Gather -> Cast -> Mul`` form ONNX Runtime runs fastest; and their final graph is linted against
+the support matrix of ``--tensorrt-version`` (default: the kit's oldest, 10.3) before the target
+step: a node outside it stops the build with one line naming node, op and type.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ TARGETS = ("onnx", "gpu", "jetson", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_PRECISION = {"onnx": "int8", "gpu": "int8", "jetson": "int8", "coreml": "fp16"}
 DEFAULT_MAX_BATCH = 8
+#: how each target reads an INT8 token-embedding table (:data:`edgeseg.quantize.EMBEDDING_FORMS`)
+EMBEDDING_FORM = {"onnx": "gather_cast_mul", "gpu": "dequantize_gather", "jetson": "dequantize_gather"}
 
 
 @dataclass
@@ -46,6 +54,8 @@ class EngineOptions:
     workspace_mib: int | None = None
     optimization_level: int | None = None
     timing_cache: str | None = None
+    #: the TensorRT version whose ONNX support matrix the graph must be inside (None: the kit's default)
+    tensorrt_version: str | None = None
 
 
 @dataclass
@@ -56,8 +66,11 @@ class Prompts:
     calibration: Sequence[str] | None = None
     calibration_name: str = "calibration"
     evaluation: Sequence[str] | None = None
-    #: INT8 step: keep the token-embedding table FP32 (default: INT8 rows, Gather -> Cast -> Mul)
+    #: INT8 step: keep the token-embedding table FP32 (default: INT8 rows, read as EMBEDDING_FORM[target])
     float_embedding: bool = False
+    #: Core ML: prompts whose outputs the bundle ships in a prompt bank (edgeseg.bank), and its dtype
+    bank: Sequence[str] | None = None
+    bank_dtype: str = "float32"
 
 
 @dataclass
@@ -80,13 +93,28 @@ def resolve_precision(target: str, precision: str | None, bundle_manifest: dict[
     return precision
 
 
+def check_tensorrt_version(target: str, version: str | None) -> None:
+    """``--tensorrt-version`` must name a matrix the kit has, and applies to the TensorRT targets only."""
+    if version is None:
+        return
+    if target not in ("gpu", "jetson"):
+        raise EdgesegError("--tensorrt-version applies to --target gpu and jetson")
+    from edgeseg.targets.tensorrt import check_lint_version
+
+    check_lint_version(version)
+
+
 def preflight(target: str, precision: str, from_bundle: bool, w8a8: bool = False,
-              jetson_probe: Callable[[], bool] | None = None) -> dict[str, Any]:
+              jetson_probe: Callable[[], bool] | None = None, tensorrt_version: str | None = None,
+              bank: bool = False) -> dict[str, Any]:
     """Check what the target needs before any work; raises :class:`EdgesegError` with one line."""
     if target not in TARGETS:
         raise EdgesegError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if w8a8 and target != "coreml":
         raise EdgesegError("--w8a8 applies to --target coreml only")
+    if bank and target != "coreml":
+        raise EdgesegError("--bank-prompts applies to --target coreml (for other bundles: edgeseg bank build)")
+    check_tensorrt_version(target, tensorrt_version)
     facts: dict[str, Any] = {"on_jetson": False}
     if target == "coreml":
         if from_bundle:
@@ -123,6 +151,11 @@ def stage_plan(manifest: dict[str, Any], precision: str, target: str) -> list[st
         if precision == "int8" and mode != "static" and target in ("gpu", "jetson"):
             raise EdgesegError(f"this INT8 bundle is '{mode}' quantized (ONNX Runtime's CPU kernels); TensorRT needs "
                                "static Q/DQ: edgeseg quantize --mode static, or build from the FP32 bundle")
+        form = (manifest.get("quantization") or {}).get("embedding_form")
+        if precision == "int8" and target in ("gpu", "jetson") and form not in (None, EMBEDDING_FORM[target]):
+            raise EdgesegError(f"this INT8 bundle reads its embedding as {form} (ONNX Runtime's form, INT8 outside "
+                               f"Q/DQ, which TensorRT 10 refuses): edgeseg quantize --embedding-form "
+                               f"{EMBEDDING_FORM[target]}, or build from the FP32 bundle")
         return []
     if have == "fp32":
         return ["quantize"] if precision == "int8" else ["fp16"]
@@ -156,17 +189,17 @@ def build(
     if max_batch < 1:
         raise EdgesegError(f"--max-batch must be at least 1, got {max_batch}")
     out = check_bundle_target(out)
+    engine = engine or EngineOptions()
     bundle_manifest = verify_bundle(bundle) if bundle is not None else None
     precision = resolve_precision(target, precision, bundle_manifest)
-    facts = facts if facts is not None else preflight(target, precision, bundle is not None, w8a8)
-    engine = engine or EngineOptions()
-    rows: list[tuple[str, str]] = []
+    facts = facts if facts is not None else preflight(target, precision, bundle is not None, w8a8,
+                                                      tensorrt_version=engine.tensorrt_version, bank=bool(prompts.bank))
     name = model.name if model is not None else bundle_manifest["encoder"]
     context = model.context_length if model is not None else bundle_manifest["context_length"]
+    header = _header(name, out, target, precision, max_batch, context)
     build_info = {"build": {"target": target, "precision": precision, "max_batch": max_batch,
                             "from": "encoder" if model is not None else f"bundle ({bundle_manifest['precision']})",
                             "stages": []}}
-
     if target == "coreml":
         from edgeseg.targets.coreml import coreml_bundle
 
@@ -174,72 +207,83 @@ def build(
         manifest, target_rows = coreml_bundle(model, out, precision, max_batch, prompts.reference, source or {},
                                               w8a8=w8a8, extra=build_info, progress=say,
                                               calibration=prompts.calibration, evaluation=prompts.evaluation,
-                                              calibration_name=prompts.calibration_name)
-        return BuildResult(manifest, _header(name, out, target, precision, max_batch, context) + target_rows
-                           + _size_rows(manifest))
+                                              calibration_name=prompts.calibration_name,
+                                              bank=prompts.bank, bank_dtype=prompts.bank_dtype)
+        return BuildResult(manifest, header + target_rows + _size_rows(manifest))
 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        if model is not None:
-            from edgeseg.export import export_bundle
-
-            say(f"exporting {model.name} to FP32 ONNX (opset {opset})")
-            stage = work / "fp32"
-            stage_manifest = export_bundle(model, stage, prompts.reference, source or {}, opset=opset)
-            build_info["build"]["stages"].append("export")
-            rows.append(("export", f"FP32 ONNX opset {opset}; ONNX Runtime vs torch max abs diff "
-                                   f"{stage_manifest['export']['max_abs_diff']:.1e}"))
-        else:
-            stage, stage_manifest = Path(bundle), bundle_manifest
-            rows.append(("bundle", f"{stage} ({stage_manifest['precision']}, {stage_manifest['target']})"))
-        for step in stage_plan(stage_manifest, precision, target):
-            if step == "quantize":
-                stage, stage_manifest = _quantize(stage, work, prompts, method, gate, threads, say)
-                build_info["build"]["stages"].append("quantize")
-                fid = stage_manifest["fidelity"]
-                rows.append(("quantize", f"INT8 static Q/DQ ({method}, {stage_manifest['calibration']['count']} "
-                                         f"prompts): mean cos {fid['mean_cosine']:.5f}, worst "
-                                         f"{fid['worst_cosine']:.5f} on {fid['prompts']} eval prompts; "
-                                         f"{len(stage_manifest['excluded_layers'])} layer(s) kept float"))
-            else:
-                from edgeseg.targets.fp16 import fp16_bundle
-
-                if not prompts.evaluation:
-                    raise EdgesegError("the FP16 step needs evaluation prompts")
-                new = work / "fp16"
-                stage_manifest = fp16_bundle(stage, new, prompts.evaluation, gate, threads, say)
-                stage = new
-                build_info["build"]["stages"].append("fp16")
-                fid = stage_manifest["fidelity"]
-                rows.append(("fp16", f"FP16 ONNX, LayerNorm/Softmax FP32: mean cos {fid['mean_cosine']:.6f}, worst "
-                                     f"{fid['worst_cosine']:.6f} on {fid['prompts']} eval prompts (ORT CPU)"))
+        stage, stage_manifest, rows = _onnx_stages(target, work, model, bundle, bundle_manifest, precision, prompts,
+                                                   source, opset, method, gate, threads, build_info, say)
         build_info["build"]["stages"].append(target)
-        options = _engine_options(target, engine, facts)
-        if target == "onnx":
-            from edgeseg.targets.onnx import onnx_bundle
-
-            manifest, target_rows = onnx_bundle(stage, out, max_batch, build_info, threads, say)
-        elif target == "gpu" or facts.get("on_jetson"):
-            from edgeseg.targets.jetson import on_device_bundle
-            from edgeseg.targets.tensorrt import build_engine_bundle
-
-            if target == "gpu":
-                manifest, target_rows = build_engine_bundle(stage, out, "gpu", max_batch, options, engine.timing_cache,
-                                                            build_info, say)
-            else:
-                manifest, target_rows = on_device_bundle(stage, out, max_batch, options, engine.timing_cache,
-                                                         build_info, say)
-        else:
-            from edgeseg.targets.jetson import device_bundle
-
-            manifest, target_rows = device_bundle(stage, out, max_batch, options, build_info, threads, say)
+        manifest, target_rows = _target_step(target, stage, out, max_batch, engine, facts, build_info, threads, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = _header(name, out, target, precision, max_batch, context) + rows + target_rows + _size_rows(manifest)
+    rows = header + rows + target_rows + _size_rows(manifest)
     return BuildResult(manifest, [r for r in rows if r[0] != "next"] + [r for r in rows if r[0] == "next"])
 
 
-def _quantize(stage: Path, work: Path, prompts: Prompts, method: str, gate, threads, say):
+def _onnx_stages(target: str, work: Path, model, bundle, bundle_manifest, precision: str, prompts: Prompts, source,
+                 opset: int, method: str, gate, threads, build_info: dict[str, Any], say):
+    """Export (or take the bundle), then quantize / FP16 as needed; (stage dir, its manifest, summary rows)."""
+    rows: list[tuple[str, str]] = []
+    if model is not None:
+        from edgeseg.export import export_bundle
+
+        say(f"exporting {model.name} to FP32 ONNX (opset {opset})")
+        stage = work / "fp32"
+        stage_manifest = export_bundle(model, stage, prompts.reference, source or {}, opset=opset)
+        build_info["build"]["stages"].append("export")
+        rows.append(("export", f"FP32 ONNX opset {opset}; ONNX Runtime vs torch max abs diff "
+                               f"{stage_manifest['export']['max_abs_diff']:.1e}"))
+    else:
+        stage, stage_manifest = Path(bundle), bundle_manifest
+        rows.append(("bundle", f"{stage} ({stage_manifest['precision']}, {stage_manifest['target']})"))
+    for step in stage_plan(stage_manifest, precision, target):
+        build_info["build"]["stages"].append(step)
+        if step == "quantize":
+            stage, stage_manifest = _quantize(stage, work, prompts, method, gate, threads, say,
+                                              EMBEDDING_FORM.get(target, EMBEDDING_FORM["onnx"]))
+            fid = stage_manifest["fidelity"]
+            rows.append(("quantize", f"INT8 static Q/DQ ({method}, {stage_manifest['calibration']['count']} "
+                                     f"prompts): mean cos {fid['mean_cosine']:.5f}, worst "
+                                     f"{fid['worst_cosine']:.5f} on {fid['prompts']} eval prompts; "
+                                     f"{len(stage_manifest['excluded_layers'])} layer(s) kept float; embedding "
+                                     f"{stage_manifest['quantization']['embedding_form'] or 'float32'}"))
+            continue
+        from edgeseg.targets.fp16 import fp16_bundle
+
+        if not prompts.evaluation:
+            raise EdgesegError("the FP16 step needs evaluation prompts")
+        new = work / "fp16"
+        stage_manifest = fp16_bundle(stage, new, prompts.evaluation, gate, threads, say)
+        stage = new
+        fid = stage_manifest["fidelity"]
+        rows.append(("fp16", f"FP16 ONNX, LayerNorm/Softmax FP32: mean cos {fid['mean_cosine']:.6f}, worst "
+                             f"{fid['worst_cosine']:.6f} on {fid['prompts']} eval prompts (ORT CPU)"))
+    return stage, stage_manifest, rows
+
+
+def _target_step(target: str, stage: Path, out: Path, max_batch: int, engine: EngineOptions, facts: dict[str, Any],
+                 build_info: dict[str, Any], threads, say):
+    options = _engine_options(target, engine, facts)
+    if target == "onnx":
+        from edgeseg.targets.onnx import onnx_bundle
+
+        return onnx_bundle(stage, out, max_batch, build_info, threads, say)
+    from edgeseg.targets.jetson import device_bundle, on_device_bundle
+    from edgeseg.targets.tensorrt import build_engine_bundle
+
+    if target == "gpu":
+        return build_engine_bundle(stage, out, "gpu", max_batch, options, engine.timing_cache, build_info, say,
+                                   engine.tensorrt_version)
+    if facts.get("on_jetson"):
+        return on_device_bundle(stage, out, max_batch, options, engine.timing_cache, build_info, say,
+                                engine.tensorrt_version)
+    return device_bundle(stage, out, max_batch, options, build_info, threads, say, engine.tensorrt_version)
+
+
+def _quantize(stage: Path, work: Path, prompts: Prompts, method: str, gate, threads, say, embedding_form: str):
     from edgeseg.quantize import Gate, quantize_bundle
 
     if not prompts.calibration or not prompts.evaluation:
@@ -248,7 +292,7 @@ def _quantize(stage: Path, work: Path, prompts: Prompts, method: str, gate, thre
     manifest = quantize_bundle(stage, new, prompts.calibration, prompts.evaluation,
                                calibration_name=prompts.calibration_name, method=method, mode="static",
                                gate=gate or Gate(), embedding_int8=not prompts.float_embedding, threads=threads,
-                               progress=say)
+                               progress=say, embedding_form=embedding_form)
     return new, manifest
 
 

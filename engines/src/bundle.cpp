@@ -58,6 +58,36 @@ int64_t get_int(const json& object, const char* key, const std::string& where) {
   return it->get<int64_t>();
 }
 
+// The manifest fields prompt banks need (bank.hpp): file hashes, external data, semantics, the shipped bank.
+void read_bank_fields(const json& m, const std::string& path, Bundle& bundle) {
+  const json& files = m.at("files");
+  for (const auto& item : files.items()) {
+    if (item.value().contains("sha256") && item.value()["sha256"].is_string()) {
+      bundle.file_sha256[item.key()] = item.value()["sha256"].get<std::string>();
+    }
+  }
+  if (m.contains("model_data") && m["model_data"].is_string()) bundle.model_data_name = m["model_data"].get<std::string>();
+  if (m.contains("semantics") && m["semantics"].is_string()) {
+    bundle.semantics = m["semantics"].get<std::string>();
+  } else if (m.contains("semantics") && m["semantics"].is_object()) {
+    const json& s = m["semantics"];
+    bundle.semantics = s.contains("name") && s["name"].is_string() ? s["name"].get<std::string>() : s.dump();
+  } else if (m.contains("semantics") && !m["semantics"].is_null()) {
+    bundle.semantics = m["semantics"].dump();
+  }
+  if (!m.contains("bank") || m.at("bank").is_null()) return;
+  const json& bank = m.at("bank");
+  if (!bank.is_object()) bad(path + ": 'bank' must be an object");
+  bundle.bank_file = get_string(bank, "file", path + " bank");
+  if (!safe_name(bundle.bank_file)) bad(path + " is malformed: file name '" + bundle.bank_file + "' points outside the bundle");
+  if (!files.contains(bundle.bank_file)) {
+    bad("bundle " + bundle.dir + " names file " + bundle.bank_file + " but does not list it");
+  }
+  if (bank.contains("model_sha256") && bank["model_sha256"].is_string()) {
+    bundle.bank_model_sha256 = bank["model_sha256"].get<std::string>();
+  }
+}
+
 }  // namespace
 
 Bundle read_bundle(const std::string& dir_in, bool verify) {
@@ -139,6 +169,9 @@ Bundle read_bundle(const std::string& dir_in, bool verify) {
     bundle.tokenizer.num_merges = get_int(tok, "num_merges", where);
   }
   bundle.tokenizer.context_length = bundle.context_length;
+  bundle.model_name = model;
+  bundle.vocab_name = vocab;
+  read_bank_fields(m, path, bundle);
 
   if (bundle.backend == "tensorrt") {
     const json trt = m.contains("tensorrt") && m["tensorrt"].is_object() ? m["tensorrt"] : json::object();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "tokenizer.hpp"
@@ -21,6 +22,10 @@ struct Bundle {
   std::string tensorrt_version, tensorrt_gpu_name, tensorrt_compute_capability;
   int64_t engine_max_batch = 1;
   bool engine_version_compatible = false;
+  // Prompt banks (bank.hpp): what a bank is bound to, and the bank a bundle ships (manifest "bank": {file,
+  // model_sha256}; a bank-only bundle has backend "bank"). Names are relative to dir.
+  std::string model_name, model_data_name, vocab_name, semantics = "efficientsam3", bank_file, bank_model_sha256;
+  std::map<std::string, std::string> file_sha256;  // manifest "files": name -> sha256
 };
 
 // Parses manifest.json (nlohmann-json stays inside bundle.cpp) and checks format, version, required fields and file names; with verify, checks

@@ -1,6 +1,7 @@
 // The C API (edgeseg.h): every entry point catches everything and returns a status + message.
 #include "edgeseg/edgeseg.h"
 
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "bank.hpp"
 #include "bundle.hpp"
 #include "common.hpp"
 #include "tokenizer.hpp"
@@ -16,8 +18,9 @@ using edgeseg::detail::Failure;
 
 struct edgeseg_runtime {
   edgeseg::detail::Bundle bundle;
-  std::unique_ptr<edgeseg::detail::Tokenizer> tokenizer;
+  std::unique_ptr<edgeseg::detail::Tokenizer> tokenizer;  // with a bank: built on the first prompt it lacks
   std::unique_ptr<edgeseg::detail::Backend> backend;
+  std::unique_ptr<edgeseg::detail::Bank> bank;
 };
 
 namespace {
@@ -56,14 +59,76 @@ void check_prompts(const edgeseg_runtime* runtime, const char* const* prompts, s
   }
 }
 
+edgeseg::detail::Tokenizer& tokenizer(edgeseg_runtime* runtime) {
+  if (!runtime->tokenizer) runtime->tokenizer = std::make_unique<edgeseg::detail::Tokenizer>(runtime->bundle.tokenizer);
+  return *runtime->tokenizer;
+}
+
+int64_t pack(edgeseg_runtime* runtime, size_t i, const char* prompt, int64_t* ids) {
+  try {
+    return tokenizer(runtime).pack(prompt, ids);
+  } catch (const Failure& e) {
+    edgeseg::detail::fail(e.status(), "prompt " + std::to_string(i) + ": " + e.what());
+  }
+}
+
 void tokenize(edgeseg_runtime* runtime, const char* const* prompts, size_t count, int64_t* ids, int64_t* lengths) {
-  const int64_t length = runtime->tokenizer->context_length();
+  const auto length = static_cast<size_t>(runtime->bundle.context_length);
   for (size_t i = 0; i < count; ++i) {
-    try {
-      int64_t total = runtime->tokenizer->pack(prompts[i], ids + i * static_cast<size_t>(length));
-      if (lengths != nullptr) lengths[i] = total;
-    } catch (const Failure& e) {
-      edgeseg::detail::fail(e.status(), "prompt " + std::to_string(i) + ": " + e.what());
+    int64_t total = pack(runtime, i, prompts[i], ids + i * length);
+    if (lengths != nullptr) lengths[i] = total;
+  }
+}
+
+// Bank rows where the bank knows a prompt (exact text first, else its token ids); found[i] says which.
+void lookup(edgeseg_runtime* runtime, const char* const* prompts, size_t count, int64_t* ids, uint8_t* mask,
+            float* memory, uint8_t* found, int64_t* lengths) {
+  const auto length = static_cast<size_t>(runtime->bundle.context_length);
+  const auto dim = static_cast<size_t>(runtime->bundle.output_dim);
+  const edgeseg::detail::Bank& bank = *runtime->bank;
+  for (size_t i = 0; i < count; ++i) {
+    int64_t total = 0;
+    int64_t entry = bank.find_text(prompts[i], &total);
+    if (entry < 0) {
+      total = pack(runtime, i, prompts[i], ids + i * length);
+      entry = bank.find_ids(ids + i * length);
+    }
+    found[i] = entry >= 0 ? 1 : 0;
+    if (lengths != nullptr) lengths[i] = total;
+    if (entry >= 0) {
+      bank.copy(entry, ids + i * length, mask ? mask + i * length : nullptr, memory ? memory + i * length * dim : nullptr);
+    }
+  }
+}
+
+[[noreturn]] void not_in_bank(const edgeseg_runtime* runtime, const char* const* prompts, const std::vector<size_t>& misses) {
+  const size_t first = misses.front();
+  std::string close;
+  for (const std::string& text : runtime->bank->closest(prompts[first], 3)) close += (close.empty() ? "'" : ", '") + text + "'";
+  std::string more = misses.size() > 1 ? " (and " + std::to_string(misses.size() - 1) + " more unknown prompt(s))" : "";
+  edgeseg::detail::fail(EDGESEG_ERROR_NOT_IN_BANK,
+                        "prompt " + std::to_string(first) + " ('" + prompts[first] + "') is not in the bank of " +
+                            runtime->bundle.dir + " (" + std::to_string(runtime->bank->prompts()) +
+                            " known prompts; no encoder to run it)" + more + "; closest known prompts: " + close);
+}
+
+// Runs the model on some rows (gathered into one block, in batches of the backend's limit), then scatters.
+void run_rows(edgeseg_runtime* runtime, const std::vector<size_t>& rows, const int64_t* ids, uint8_t* mask,
+              float* memory) {
+  const auto length = static_cast<size_t>(runtime->bundle.context_length);
+  const auto dim = static_cast<size_t>(runtime->bundle.output_dim);
+  const int64_t limit = runtime->backend->max_batch();
+  const size_t step = limit > 0 ? static_cast<size_t>(limit) : rows.size();
+  std::vector<int64_t> block_ids(step * length);
+  std::vector<uint8_t> block_mask(step * length);
+  std::vector<float> block_memory(step * length * dim);
+  for (size_t start = 0; start < rows.size(); start += step) {
+    const size_t batch = std::min(step, rows.size() - start);
+    for (size_t k = 0; k < batch; ++k) std::memcpy(&block_ids[k * length], ids + rows[start + k] * length, length * sizeof(int64_t));
+    runtime->backend->run(block_ids.data(), static_cast<int64_t>(batch), block_memory.data(), block_mask.data());
+    for (size_t k = 0; k < batch; ++k) {
+      std::memcpy(mask + rows[start + k] * length, &block_mask[k * length], length);
+      std::memcpy(memory + rows[start + k] * length * dim, &block_memory[k * length * dim], length * dim * sizeof(float));
     }
   }
 }
@@ -72,7 +137,7 @@ void encode(edgeseg_runtime* runtime, const char* const* prompts, size_t count, 
             float* memory, size_t* truncated) {
   check_prompts(runtime, prompts, count);
   if (memory == nullptr) edgeseg::detail::fail(EDGESEG_ERROR_INVALID_ARGUMENT, "memory buffer is NULL");
-  if (!runtime->backend) {
+  if (!runtime->backend && !runtime->bank) {
     edgeseg::detail::fail(EDGESEG_ERROR_INVALID_ARGUMENT, "this runtime was created with tokenizer_only: it cannot encode");
   }
   const auto length = static_cast<size_t>(runtime->bundle.context_length);
@@ -87,10 +152,24 @@ void encode(edgeseg_runtime* runtime, const char* const* prompts, size_t count, 
     own_mask.resize(count * length);
     mask = own_mask.data();
   }
-  tokenize(runtime, prompts, count, ids, lengths.data());
+  std::vector<uint8_t> found(count, 0);
+  if (runtime->bank) {
+    lookup(runtime, prompts, count, ids, mask, memory, found.data(), lengths.data());
+  } else {
+    tokenize(runtime, prompts, count, ids, lengths.data());
+  }
   if (truncated != nullptr) {
     *truncated = 0;
     for (int64_t n : lengths) *truncated += n > static_cast<int64_t>(length) ? 1 : 0;
+  }
+  if (runtime->bank) {
+    std::vector<size_t> misses;
+    for (size_t i = 0; i < count; ++i) {
+      if (!found[i]) misses.push_back(i);
+    }
+    if (!misses.empty() && !runtime->backend) not_in_bank(runtime, prompts, misses);
+    if (!misses.empty()) run_rows(runtime, misses, ids, mask, memory);
+    return;
   }
   const int64_t limit = runtime->backend->max_batch();
   const size_t step = limit > 0 ? static_cast<size_t>(limit) : count;
@@ -98,6 +177,67 @@ void encode(edgeseg_runtime* runtime, const char* const* prompts, size_t count, 
     size_t batch = std::min(step, count - start);
     runtime->backend->run(ids + start * length, static_cast<int64_t>(batch), memory + start * length * dim,
                           mask + start * length);
+  }
+}
+
+// Options from the caller: the current struct, or the one before bank_path (older callers).
+edgeseg_options read_options(const edgeseg_options* options) {
+  edgeseg_options opts;
+  edgeseg_options_init(&opts);
+  if (options == nullptr) return opts;
+  const size_t size = options->struct_size;
+  if (size != sizeof(edgeseg_options) && size != offsetof(edgeseg_options, bank_path)) {
+    edgeseg::detail::fail(EDGESEG_ERROR_INVALID_ARGUMENT, "edgeseg_options.struct_size is wrong: call edgeseg_options_init first");
+  }
+  std::memcpy(&opts, options, size);
+  opts.struct_size = sizeof(edgeseg_options);
+  return opts;
+}
+
+// The bank to serve: options.bank_path (sha256-checked when verify_hashes), else the bundle's own (already
+// verified with the bundle's files); a bank-only bundle must have one. Refused unless bound to this bundle.
+void attach_bank(edgeseg_runtime* runtime, const edgeseg_options& opts) {
+  const edgeseg::detail::Bundle& bundle = runtime->bundle;
+  const bool given = opts.bank_path != nullptr && opts.bank_path[0] != '\0';
+  if (!given && bundle.bank_file.empty()) {
+    if (bundle.backend == "bank") edgeseg::detail::fail(EDGESEG_ERROR_BUNDLE, "bundle " + bundle.dir + " is bank-only but names no bank");
+    return;
+  }
+  runtime->bank = given ? edgeseg::detail::Bank::open(opts.bank_path, opts.verify_hashes != 0)
+                        : edgeseg::detail::Bank::open(bundle.dir + "/" + bundle.bank_file, false);
+  runtime->bank->check_binding(edgeseg::detail::bundle_binding(bundle), bundle.dir);
+}
+
+void make_backend(edgeseg_runtime* runtime, const edgeseg_options& opts) {
+  using edgeseg::detail::fail;
+  (void)opts;  // unused when the build has neither ONNX Runtime nor TensorRT
+  const std::string& backend = runtime->bundle.backend;
+  if (backend == "bank") return;  // a bank-only bundle: no model
+  if (backend == "onnxruntime") {
+#ifdef EDGESEG_WITH_ONNXRUNTIME
+    runtime->backend = edgeseg::detail::make_onnxruntime_backend(runtime->bundle, opts);
+#else
+    fail(EDGESEG_ERROR_UNSUPPORTED, "bundle " + runtime->bundle.dir + " is an ONNX Runtime bundle, but this edgeseg_runtime "
+                                    "was built without ONNX Runtime (EDGESEG_WITH_ONNXRUNTIME=OFF): use a bank-only bundle, "
+                                    "or tokenizer_only with a bank");
+#endif
+  } else if (backend == "tensorrt") {
+#ifdef EDGESEG_WITH_TENSORRT
+    runtime->backend = edgeseg::detail::make_tensorrt_backend(runtime->bundle, opts);
+#else
+    fail(EDGESEG_ERROR_UNSUPPORTED, "bundle " + runtime->bundle.dir +
+                                        " is a TensorRT bundle, but this edgeseg_runtime was built without TensorRT "
+                                        "(TensorRT and CUDA were not found at build time)");
+#endif
+  } else {
+    fail(EDGESEG_ERROR_UNSUPPORTED, "this edgeseg_runtime cannot run '" + backend + "' bundles (known: bank" +
+#ifdef EDGESEG_WITH_ONNXRUNTIME
+                                        std::string(", onnxruntime") +
+#endif
+#ifdef EDGESEG_WITH_TENSORRT
+                                        ", tensorrt" +
+#endif
+                                        std::string(")"));
   }
 }
 
@@ -122,37 +262,12 @@ edgeseg_status edgeseg_create(const char* bundle_dir, const edgeseg_options* opt
   return guarded([&] {
     using edgeseg::detail::fail;
     if (bundle_dir == nullptr) fail(EDGESEG_ERROR_INVALID_ARGUMENT, "bundle directory is NULL");
-    edgeseg_options opts;
-    edgeseg_options_init(&opts);
-    if (options != nullptr) {
-      if (options->struct_size != sizeof(edgeseg_options)) {
-        fail(EDGESEG_ERROR_INVALID_ARGUMENT, "edgeseg_options.struct_size is wrong: call edgeseg_options_init first");
-      }
-      opts = *options;
-    }
+    const edgeseg_options opts = read_options(options);
     auto runtime = std::make_unique<edgeseg_runtime>();
     runtime->bundle = edgeseg::detail::read_bundle(bundle_dir, opts.verify_hashes != 0);
-    runtime->tokenizer = std::make_unique<edgeseg::detail::Tokenizer>(runtime->bundle.tokenizer);
-    const std::string& backend = runtime->bundle.backend;
-    if (opts.tokenizer_only != 0) {
-      // no model: edgeseg_encode reports an error
-    } else if (backend == "onnxruntime") {
-      runtime->backend = edgeseg::detail::make_onnxruntime_backend(runtime->bundle, opts);
-    } else if (backend == "tensorrt") {
-#ifdef EDGESEG_WITH_TENSORRT
-      runtime->backend = edgeseg::detail::make_tensorrt_backend(runtime->bundle, opts);
-#else
-      fail(EDGESEG_ERROR_UNSUPPORTED, "bundle " + runtime->bundle.dir +
-                                          " is a TensorRT bundle, but this edgeseg_runtime was built without TensorRT "
-                                          "(TensorRT and CUDA were not found at build time)");
-#endif
-    } else {
-      fail(EDGESEG_ERROR_UNSUPPORTED, "this edgeseg_runtime cannot run '" + backend + "' bundles (known: onnxruntime" +
-#ifdef EDGESEG_WITH_TENSORRT
-                                          ", tensorrt" +
-#endif
-                                          std::string(")"));
-    }
+    attach_bank(runtime.get(), opts);
+    if (!runtime->bank) runtime->tokenizer = std::make_unique<edgeseg::detail::Tokenizer>(runtime->bundle.tokenizer);
+    if (opts.tokenizer_only == 0) make_backend(runtime.get(), opts);
     *out = runtime.release();
   });
 }
@@ -193,6 +308,21 @@ edgeseg_status edgeseg_encode_alloc(edgeseg_runtime* runtime, const char* const*
     encode(runtime, prompts, count, ids.get(), mask.get(), memory.get(), &truncated);
     *out = new edgeseg_result{count, static_cast<int64_t>(length), static_cast<int64_t>(dim), ids.release(),
                               mask.release(), memory.release(), truncated};
+  });
+}
+
+int64_t edgeseg_bank_entries(const edgeseg_runtime* runtime) {
+  return runtime != nullptr && runtime->bank ? runtime->bank->entries() : 0;
+}
+
+edgeseg_status edgeseg_bank_lookup(edgeseg_runtime* runtime, const char* const* prompts, size_t count, int64_t* ids,
+                                   uint8_t* mask, float* memory, uint8_t* found) {
+  return guarded([&] {
+    using edgeseg::detail::fail;
+    check_prompts(runtime, prompts, count);
+    if (ids == nullptr || found == nullptr) fail(EDGESEG_ERROR_INVALID_ARGUMENT, "ids and found buffers are required");
+    if (!runtime->bank) fail(EDGESEG_ERROR_INVALID_ARGUMENT, "this runtime has no prompt bank (options.bank_path)");
+    lookup(runtime, prompts, count, ids, mask, memory, found, nullptr);
   });
 }
 

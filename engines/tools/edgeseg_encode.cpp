@@ -25,6 +25,8 @@ const char* kUsage =
     "options:\n"
     "  --threads N              ONNX Runtime intra-op threads (default: ONNX Runtime's choice)\n"
     "  --batch-size N           prompts per model run (default 64)\n"
+    "  --bank BANK              answer the prompts a prompt bank holds from it (edgeseg bank build;\n"
+    "                           it must have been built from BUNDLE); the others run the model\n"
     "  --onnxruntime-library P  libonnxruntime.so to load (default: $EDGESEG_ONNXRUNTIME_LIBRARY,\n"
     "                           then the library configured at build time)\n"
     "  --no-verify              skip the sha256 check of the bundle's files\n"
@@ -104,10 +106,14 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-int run(int argc, char** argv) {
-  std::string bundle, prompts_path, out, library;
+struct Args {
+  std::string bundle, prompts_path, out, library, bank;
   long threads = 0, batch_size = 64;
-  bool verify = true;
+  bool verify = true, help = false;
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&](const std::string& flag) -> const char* {
@@ -115,31 +121,45 @@ int run(int argc, char** argv) {
       return argv[++i];
     };
     if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      return 0;
+      a.help = true;
+      return a;
     } else if (arg == "--prompts") {
-      prompts_path = value(arg);
+      a.prompts_path = value(arg);
     } else if (arg == "--out") {
-      out = value(arg);
+      a.out = value(arg);
     } else if (arg == "--threads") {
-      threads = parse_positive(arg, value(arg));
+      a.threads = parse_positive(arg, value(arg));
     } else if (arg == "--batch-size") {
-      batch_size = parse_positive(arg, value(arg));
+      a.batch_size = parse_positive(arg, value(arg));
+    } else if (arg == "--bank") {
+      a.bank = value(arg);
     } else if (arg == "--onnxruntime-library") {
-      library = value(arg);
+      a.library = value(arg);
     } else if (arg == "--no-verify") {
-      verify = false;
+      a.verify = false;
     } else if (!arg.empty() && arg[0] == '-') {
       usage_error("unknown option " + arg + " (see --help)");
-    } else if (bundle.empty()) {
-      bundle = arg;
+    } else if (a.bundle.empty()) {
+      a.bundle = arg;
     } else {
       usage_error("unexpected argument " + arg + " (see --help)");
     }
   }
-  if (bundle.empty()) usage_error("missing BUNDLE (see --help)");
-  if (prompts_path.empty()) usage_error("missing --prompts FILE (see --help)");
-  if (out.empty()) usage_error("missing --out OUT.npz|OUT.npy (see --help)");
+  if (a.bundle.empty()) usage_error("missing BUNDLE (see --help)");
+  if (a.prompts_path.empty()) usage_error("missing --prompts FILE (see --help)");
+  if (a.out.empty()) usage_error("missing --out OUT.npz|OUT.npy (see --help)");
+  return a;
+}
+
+int run(int argc, char** argv) {
+  const Args args = parse_args(argc, argv);
+  if (args.help) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  const std::string& bundle = args.bundle;
+  const std::string& out = args.out;
+  const long threads = args.threads, batch_size = args.batch_size;
   const bool npz = ends_with(out, ".npz");
   if (!npz && !ends_with(out, ".npy")) usage_error("--out must end in .npz or .npy, got " + out);
   {
@@ -147,13 +167,14 @@ int run(int argc, char** argv) {
     if (parent.empty()) parent = "/";
     if (::access(parent.c_str(), W_OK) != 0) usage_error("output folder " + parent + " does not exist or is not writable");
   }
-  std::vector<std::string> prompts = read_prompts(prompts_path);
+  std::vector<std::string> prompts = read_prompts(args.prompts_path);
 
   edgeseg_options options;
   edgeseg_options_init(&options);
   options.intra_op_threads = static_cast<int32_t>(threads);
-  options.verify_hashes = verify ? 1 : 0;
-  if (!library.empty()) options.onnxruntime_library = library.c_str();
+  options.verify_hashes = args.verify ? 1 : 0;
+  if (!args.library.empty()) options.onnxruntime_library = args.library.c_str();
+  if (!args.bank.empty()) options.bank_path = args.bank.c_str();
   edgeseg_runtime* runtime = nullptr;
   if (edgeseg_create(bundle.c_str(), &options, &runtime) != EDGESEG_OK) usage_error(edgeseg_last_error());
   const size_t n = prompts.size();

@@ -1,10 +1,17 @@
-"""The on-device kit copied into Jetson bundles: ``build_engine.py`` (numpy + TensorRT/polygraphy only).
+"""The on-device kit copied into Jetson (and GPU) bundles, numpy + TensorRT/polygraphy only.
 
-It is a module of this package so that the host build (``edgeseg build --target gpu``, or
-``--target jetson`` run on a Jetson) uses the very same engine-building and verification code as
-the script does on the device; :data:`SCRIPT` is the file copied into bundles.
+* ``build_engine.py``: builds and verifies the engine on the device;
+* ``trt_lint.py`` + ``trt_support.json``: the static check of the ONNX against TensorRT's ONNX
+  support matrix (needs the ``onnx`` package), run by ``edgeseg build --target gpu/jetson`` and by
+  the script before it builds.
+
+They are modules of this package so that the host build uses the very same code as the device;
+:data:`KIT_FILES` are the files copied into bundles (under these names).
 """
 
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("build_engine.py")
+LINT = Path(__file__).with_name("trt_lint.py")
+SUPPORT = Path(__file__).with_name("trt_support.json")
+KIT_FILES = (SCRIPT, LINT, SUPPORT)

@@ -9,16 +9,21 @@ Copy the bundle folder to the Jetson (or any machine with an NVIDIA GPU and Tens
 What it does:
 
 1. checks every file of the bundle against the sha256 in ``manifest.json``;
-2. builds a strongly typed engine from the bundle's ONNX (INT8 from explicit Q/DQ, or the FP16/FP32
+2. lints the ONNX against the ONNX support matrix of this device's TensorRT version
+   (``trt_lint.py`` + ``trt_support.json``, next to this script; needs ``pip3 install onnx``) and
+   stops (exit 2) on a node outside it. Without the ``onnx`` package it uses the lint the host
+   recorded in the manifest for this very file (its sha256 was just checked) against the same
+   TensorRT version, and stops if there is none; ``--skip-lint`` builds without any lint;
+3. builds a strongly typed engine from the bundle's ONNX (INT8 from explicit Q/DQ, or the FP16/FP32
    graph as typed) with one optimization profile ``input_ids`` [1..max_batch, L] (opt batch 1):
    with polygraphy's loaders when ``import polygraphy`` works (``pip3 install polygraphy``),
    otherwise with ``trtexec --stronglyTyped`` (``/usr/src/tensorrt/bin/trtexec`` on JetPack, or
    ``trtexec`` on PATH, or ``--trtexec PATH``); ``--builder`` forces one;
-3. runs the bundle's reference token ids (``reference.npz``: input_ids, memory, mask) through the
+4. runs the bundle's reference token ids (``reference.npz``: input_ids, memory, mask) through the
    engine and compares with the recorded FP32 outputs: the mask must match exactly and the mean /
    worst per-prompt token cosine must meet the gate in the manifest; prints PASS or FAIL and the
    latency at batch 1 and at the largest batch;
-4. on PASS, adds ``model.engine`` to the bundle: the manifest then names it as the model (backend
+5. on PASS, adds ``model.engine`` to the bundle: the manifest then names it as the model (backend
    ``tensorrt``) with the TensorRT version, GPU, L4T release and verification results.
 
 Needs Python 3.8+, numpy, and TensorRT 10 or newer (JetPack 6.1+ or 7.x): strongly typed networks and
@@ -32,6 +37,7 @@ import argparse
 import ctypes
 import datetime
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -44,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-KIT_VERSION = 1
+KIT_VERSION = 2  # 2: trt_lint.py + trt_support.json, linted before building
+LINT_FILE = "trt_lint.py"
 ENGINE_FILE = "model.engine"
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec",)
 TEGRA_RELEASE = "/etc/nv_tegra_release"
@@ -224,6 +231,66 @@ def choose_builder(requested: str, polygraphy: bool, trt_module, trtexec: str | 
         "TensorRT not found: neither polygraphy with the tensorrt module nor trtexec "
         f"({', '.join(TRTEXEC_PATHS)} or PATH) is available; install TensorRT 10+ (JetPack 6.1+), "
         "pip3 install polygraphy, or pass --trtexec PATH")
+
+
+# -- the static check ----------------------------------------------------------------------------
+def load_lint(directory: Path):
+    """The kit's ``trt_lint`` module from ``directory`` (the bundle, or this package), or None if absent."""
+    path = directory / LINT_FILE
+    if not path.is_file():
+        return None
+    name = f"edgeseg_kit_trt_lint_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def lint_plan(lint, manifest: dict, tensorrt_version: str | None) -> str:
+    """The support-matrix version to lint against: this device's TensorRT release if known, else the
+    version the host linted against (the manifest's ``tensorrt_lint``), else the kit's default."""
+    support = lint.load_support()
+    if tensorrt_version:
+        return lint.version_for(support, tensorrt_version)
+    recorded = (manifest.get("tensorrt_lint") or {}).get("tensorrt_version")
+    return recorded if recorded in support["tensorrt_versions"] else support["default_version"]
+
+
+def run_lint(bundle: Path, manifest: dict, plan: dict, tensorrt_version: str | None, skip: bool) -> dict:
+    """Lint the bundle's ONNX before building; returns the record, raises :class:`KitError` if outside."""
+    if skip:
+        print("lint       skipped (--skip-lint): the ONNX was not checked against TensorRT's support matrix")
+        return {"skipped": True}
+    lint = load_lint(bundle)
+    if lint is None:
+        print(f"lint       none: this bundle has no {LINT_FILE} (made by an older edgeseg)")
+        return {"skipped": True, "reason": f"no {LINT_FILE} in the bundle"}
+    version = lint_plan(lint, manifest, tensorrt_version)
+    if lint.onnx_available():
+        result = lint.lint_file(bundle / plan["onnx"], version)
+        print(f"lint       {'PASS' if result.passed else 'FAIL'}: {result.summary()}")
+        if not result.passed:
+            raise KitError(f"TensorRT lint: {plan['onnx']} is {result.summary()}")
+        return {**result.record(), "where": "device"}
+    return host_lint(manifest, plan, version)
+
+
+def host_lint(manifest: dict, plan: dict, version: str) -> dict:
+    """Without the onnx package: the host's lint of this same file (sha256) against ``version``, if any."""
+    record = manifest.get("tensorrt_lint") or {}
+    same_file = record.get("model") == plan["onnx"] and \
+        record.get("model_sha256") == manifest["files"].get(plan["onnx"], {}).get("sha256")
+    entry = (record.get("all_versions") or {}).get(version) if same_file else None
+    if entry is None:
+        raise KitError(f"cannot lint {plan['onnx']}: the onnx package is not importable (pip3 install onnx) and the "
+                       f"manifest holds no lint of this file for TensorRT {version}; --skip-lint builds anyway")
+    if not entry["passed"]:
+        raise KitError(f"TensorRT lint (recorded by the host for TensorRT {version}): {entry['first_error']}")
+    print(f"lint       PASS (recorded on the host for TensorRT {version}, same sha256; the onnx package is not "
+          "importable here: pip3 install onnx to re-check)")
+    return {"tensorrt_version": version, "passed": True, "where": "host record (onnx not importable on the device)"}
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -462,6 +529,8 @@ def parse_args(argv):
     parser.add_argument("--iterations", type=int, default=100, help="timed runs per latency figure")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and commands; build nothing")
     parser.add_argument("--skip-verify", action="store_true", help="build only (the manifest is not updated)")
+    parser.add_argument("--skip-lint", action="store_true",
+                        help="build without checking the ONNX against TensorRT's ONNX support matrix")
     parser.add_argument("--no-manifest-update", action="store_true", help="leave manifest.json unchanged")
     return parser.parse_args(argv)
 
@@ -492,6 +561,7 @@ def _main(args) -> int:
     print(f"tensorrt   python: {getattr(trt, '__version__', 'not importable')}; polygraphy: "
           f"{'yes' if polygraphy else 'no'}; trtexec: {trtexec or 'not found'}")
     if args.dry_run:
+        run_lint(bundle, manifest, plan, getattr(trt, "__version__", None), args.skip_lint)
         if trtexec or not (polygraphy and trt):
             print("trtexec    " + " ".join(trtexec_build_command(trtexec or "trtexec", onnx_path, engine_path, plan,
                                                                    timing_cache)))
@@ -507,11 +577,22 @@ def _main(args) -> int:
     if version is not None and tensorrt_version_tuple(version) < MIN_TENSORRT:
         raise KitError(f"TensorRT {version} is too old: strongly typed networks with int64 ids need TensorRT 10+ "
                        "(JetPack 6.1 or newer)")
+    lint = run_lint(bundle, manifest, plan, version, args.skip_lint)
     gpu = gpu_info()
     if gpu is None:
         raise KitError("no CUDA GPU found (libcuda could not see a device)")
     print(f"gpu        {gpu['name']} (sm {gpu['compute_capability']}, CUDA driver API {gpu['cuda_driver_api']})")
+    build_s = _build(builder, trt, trtexec, onnx_path, engine_path, plan, timing_cache)
+    if args.skip_verify:
+        print("verify     skipped (--skip-verify); the manifest is not updated")
+        return 0
+    stamps = {"version": version, "builder": builder, "kit_version": KIT_VERSION, "gpu": gpu, "l4t": l4t_release(),
+              "built": now(), "build_seconds": round(build_s, 1), "lint": lint}
+    return _verify(args, bundle, manifest, plan, builder, trt, trtexec, engine_path, stamps)
 
+
+def _build(builder: str, trt, trtexec, onnx_path: Path, engine_path: Path, plan: dict, timing_cache: str) -> float:
+    """Build the engine into a temporary sibling, then rename it into place; returns the seconds it took."""
     tmp_engine = engine_path.with_name("." + engine_path.name + ".tmp")
     start = time.perf_counter()
     if builder == "polygraphy":
@@ -522,10 +603,12 @@ def _main(args) -> int:
     build_s = time.perf_counter() - start
     size_mb = engine_path.stat().st_size / 1e6
     print(f"built      {engine_path.name} ({size_mb:.1f} MB) with {builder} in {build_s:.0f} s")
-    if args.skip_verify:
-        print("verify     skipped (--skip-verify); the manifest is not updated")
-        return 0
+    return build_s
 
+
+def _verify(args, bundle: Path, manifest: dict, plan: dict, builder: str, trt, trtexec, engine_path: Path,
+            stamps: dict) -> int:
+    """Run the reference prompts through the engine, gate them, time it; on PASS name it the bundle's model."""
     reference = load_reference(bundle, manifest)
     version_compatible = bool(plan.get("builder_options", {}).get("version_compatible"))
     runner = PolygraphyEngine(trt, engine_path, version_compatible) if builder == "polygraphy" else \
@@ -549,9 +632,7 @@ def _main(args) -> int:
               "inspection and the manifest is unchanged", file=sys.stderr)
         return 1
     if not args.no_manifest_update:
-        stamps = {"version": version, "builder": builder, "kit_version": KIT_VERSION, "gpu": gpu,
-                  "l4t": l4t_release(), "built": now(), "build_seconds": round(build_s, 1),
-                  "verification": {**result, "vs": "reference.npz (FP32)"}, "latency_ms": latency}
+        stamps = {**stamps, "verification": {**result, "vs": "reference.npz (FP32)"}, "latency_ms": latency}
         update_manifest(bundle, manifest, engine_path.name, stamps)
         print(f"manifest   {engine_path.name} is now the bundle's model (backend tensorrt)")
     return 0

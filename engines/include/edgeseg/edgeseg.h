@@ -12,6 +12,13 @@
  *     stays valid until the next edgeseg call on that thread.
  *   - A runtime handle may be used from one thread at a time (its tokenizer keeps a cache).
  *     Create one handle per thread, or serialise calls.
+ *
+ * Prompt banks (edgeseg bank build): a file of token ids, masks and memory for known prompts. With a bank
+ * (edgeseg_options.bank_path, or one the bundle ships), a prompt found in it by its exact text or by its
+ * token ids is answered from it, bit for bit what the bundle's encoder gave when the bank was built, at the
+ * bank's dtype; the others run the model. A bank-only bundle (no model) or a tokenizer_only runtime answers
+ * only known prompts; edgeseg_bank_lookup never runs a model (an app can run its own, e.g. Core ML).
+ * Swift: engines/include/edgeseg/module.modulemap makes this header a Clang module (import EdgesegC).
  */
 #ifndef EDGESEG_EDGESEG_H
 #define EDGESEG_EDGESEG_H
@@ -41,7 +48,8 @@ typedef enum edgeseg_status {
   EDGESEG_ERROR_BUNDLE = 2,           /* missing/malformed bundle, wrong format version, sha256 mismatch */
   EDGESEG_ERROR_BACKEND = 3,          /* ONNX Runtime / TensorRT could not be loaded or failed to run */
   EDGESEG_ERROR_UNSUPPORTED = 4,      /* a backend this build does not include (e.g. TensorRT, Core ML) */
-  EDGESEG_ERROR_INTERNAL = 5          /* out of memory or a bug */
+  EDGESEG_ERROR_INTERNAL = 5,         /* out of memory or a bug */
+  EDGESEG_ERROR_NOT_IN_BANK = 6       /* a prompt the bank does not hold, and no model to run it */
 } edgeseg_status;
 
 typedef struct edgeseg_runtime edgeseg_runtime;
@@ -54,7 +62,9 @@ typedef struct edgeseg_options {
   int32_t intra_op_threads;        /* 0: the backend's default */
   int32_t verify_hashes;           /* 1 (default): check every bundle file's size and sha256 on load */
   int32_t device;                  /* CUDA device for TensorRT bundles (default 0) */
-  int32_t tokenizer_only;          /* 1: load the tokenizer but not the model (edgeseg_tokenize only) */
+  int32_t tokenizer_only;          /* 1: load the tokenizer (and a bank, if any) but not the model */
+  const char* bank_path;           /* a prompt-bank file built from this bundle; NULL: the bundle's own, if any.
+                                      Must match the bundle (model, vocabulary, context length): else an error */
 } edgeseg_options;
 
 /* The result of edgeseg_encode_alloc, owned by the library; free with edgeseg_result_free. */
@@ -101,6 +111,16 @@ EDGESEG_API edgeseg_status edgeseg_encode(edgeseg_runtime* runtime, const char* 
 EDGESEG_API edgeseg_status edgeseg_encode_alloc(edgeseg_runtime* runtime, const char* const* prompts, size_t count,
                                                 edgeseg_result** out);
 EDGESEG_API void edgeseg_result_free(edgeseg_result* result); /* NULL is fine */
+
+/* Prompt banks. The number of distinct token-id rows the runtime's bank holds (0 without a bank). */
+EDGESEG_API int64_t edgeseg_bank_entries(const edgeseg_runtime* runtime);
+
+/* Look prompts up in the bank without running any model: found[count] (required) receives 1 where the
+ * prompt is in the bank and 0 where not. ids [count, L] (required) receives every prompt's ids (tokenized
+ * where the exact text is not stored); mask [count, L] and memory [count, L, D] (optional) receive the
+ * rows of found prompts only, other rows are left as they were: run your own model on their ids. */
+EDGESEG_API edgeseg_status edgeseg_bank_lookup(edgeseg_runtime* runtime, const char* const* prompts, size_t count,
+                                               int64_t* ids, uint8_t* mask, float* memory, uint8_t* found);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,10 @@
 //   edgeseg::Runtime runtime("bundles/s0-int8");
 //   edgeseg::Encoded out = runtime.encode({"a dog", "the leftmost child"});
 //   // out.memory: [B, L, D] float32, out.mask: [B, L] (1 = padding), out.ids: [B, L] int64
+//
+//   edgeseg::Options options;
+//   options.bank = "classes.bank.safetensors";  // prompts it holds are answered from it, the rest run the model
+//   edgeseg::Runtime banked("bundles/s0-int8", options);
 #pragma once
 
 #include <cstdint>
@@ -29,7 +33,8 @@ struct Options {
   int intra_op_threads = 0;         // 0: backend default
   bool verify_hashes = true;
   int device = 0;
-  bool tokenizer_only = false;  // load the tokenizer only: tokenize() works, encode() throws
+  bool tokenizer_only = false;  // load the tokenizer (and a bank) only: no model, encode() serves bank hits only
+  std::string bank;             // a prompt-bank file built from this bundle (empty: the bundle's own, if any)
 };
 
 struct Encoded {
@@ -51,6 +56,7 @@ class Runtime {
     opts.verify_hashes = options.verify_hashes ? 1 : 0;
     opts.device = options.device;
     opts.tokenizer_only = options.tokenizer_only ? 1 : 0;
+    opts.bank_path = options.bank.empty() ? nullptr : options.bank.c_str();
     check(edgeseg_create(bundle_dir.c_str(), &opts, &handle_));
   }
   ~Runtime() { edgeseg_destroy(handle_); }
@@ -70,6 +76,7 @@ class Runtime {
   std::string backend() const { return edgeseg_backend(handle_); }
   std::string encoder_name() const { return edgeseg_encoder_name(handle_); }
   edgeseg_runtime* handle() const { return handle_; }
+  int64_t bank_entries() const { return edgeseg_bank_entries(handle_); }
 
   // Token ids [B, L]; lengths (optional) receives the untruncated token counts.
   std::vector<int64_t> tokenize(const std::vector<std::string>& prompts, std::vector<int64_t>* lengths = nullptr) {
@@ -82,21 +89,36 @@ class Runtime {
 
   Encoded encode(const std::vector<std::string>& prompts) {
     std::vector<const char*> ptrs = pointers(prompts);
-    Encoded out;
-    out.batch = prompts.size();
-    out.context_length = context_length();
-    out.dim = output_dim();
-    const size_t tokens = out.batch * static_cast<size_t>(out.context_length);
-    out.ids.resize(tokens);
-    out.mask.resize(tokens);
-    out.memory.resize(tokens * static_cast<size_t>(out.dim));
+    Encoded out = allocate(prompts.size());
     check(edgeseg_encode(handle_, ptrs.data(), ptrs.size(), out.ids.data(), out.mask.data(), out.memory.data()));
+    return out;
+  }
+
+  // Bank lookup without any model: found[i] = 1 where prompt i is in the bank (its rows are filled), 0 where
+  // not (only its ids are filled: run your own model on them). Throws if the runtime has no bank.
+  Encoded lookup(const std::vector<std::string>& prompts, std::vector<uint8_t>* found) {
+    std::vector<const char*> ptrs = pointers(prompts);
+    Encoded out = allocate(prompts.size());
+    found->assign(prompts.size(), 0);
+    check(edgeseg_bank_lookup(handle_, ptrs.data(), ptrs.size(), out.ids.data(), out.mask.data(), out.memory.data(),
+                              found->data()));
     return out;
   }
 
  private:
   static void check(edgeseg_status status) {
     if (status != EDGESEG_OK) throw Error(status, edgeseg_last_error());
+  }
+  Encoded allocate(size_t batch) const {
+    Encoded out;
+    out.batch = batch;
+    out.context_length = context_length();
+    out.dim = output_dim();
+    const size_t tokens = batch * static_cast<size_t>(out.context_length);
+    out.ids.resize(tokens);
+    out.mask.resize(tokens);
+    out.memory.resize(tokens * static_cast<size_t>(out.dim));
+    return out;
   }
   static std::vector<const char*> pointers(const std::vector<std::string>& prompts) {
     std::vector<const char*> ptrs;
