@@ -1,5 +1,7 @@
 # edgeseg developer entry points. `make demo` and `make test` work on a fresh machine: they create
-# .venv, install torch 2.14.1 + torchvision 0.29.1 first, then edgeseg with its [sam3,coreml,dev] extras.
+# .venv, install torch 2.14.1 + torchvision 0.29.1 first, then edgeseg (editable) with every extra but
+# tensorrt ('.[all]': build toolchain, sam3, coreml, transformers, plots, dev). A device that only
+# runs bundles needs `pip install edgeseg` alone (README "Install profiles").
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.edgeseg-installed
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[sam3,coreml,dev]'
+	$(BIN)/python -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -18,13 +20,19 @@ setup: $(STAMP)
 # The main job (random weights): tokenize and encode the shipped sample prompts with the SAM3
 # teacher and every student and print a comparison table; then export MobileCLIP-S0 and the
 # teacher to ONNX, quantize S0 to INT8 (static Q/DQ and dynamic, calibrated and fidelity-gated)
-# and print a size / latency / memory / fidelity table (benchmarks/int8_bench.py --quick).
+# and print a size / latency / memory / fidelity table (benchmarks/int8_bench.py --quick); a short
+# distillation; and the headline use: the Jetson kit of S0 INT8 (ONNX Runtime self-check + summary;
+# the engine itself is built on the device by the kit's build_engine.py).
+DEMO_PROMPTS := edgeseg/data/prompts/samples.txt
 demo: $(STAMP)
-	$(BIN)/edgeseg compare --prompts calibration/samples.txt
+	$(BIN)/edgeseg compare --prompts $(DEMO_PROMPTS)
 	$(BIN)/python benchmarks/int8_bench.py --quick --skip-teacher-int8 --skip-all-int8 \
 		--work out/int8-work --out out/int8-report
 	$(BIN)/edgeseg distill --student mobileclip-s0 --limit 128 --eval-limit 48 --steps 16 --batch-size 16 \
 		--warmup-steps 2 --eval-every 8 --checkpoint-every 8 --out out/distill-demo
+	$(BIN)/edgeseg build --target jetson --encoder mobileclip-s0 --precision int8 --max-batch 8 \
+		--calibration-limit 512 --eval-limit 500 --out out/s0-jetson
+	@# issue 15 adds one line here: `edgeseg segment ... --bundle out/s0-jetson` ending with its overlay picture path
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -82,8 +82,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", help="ONNX Runtime bundle (default: export mobileclip-s0 into --work)")
     parser.add_argument("--work", default=str(ROOT / "out" / "cpp-bench"), help="where the default bundle goes")
-    parser.add_argument("--prompts", default=str(ROOT / "calibration" / "calibration.txt"),
-                        help="prompts file (default: calibration/calibration.txt, 2,000 prompts)")
+    parser.add_argument("--prompts", default=str(ROOT / "edgeseg" / "data" / "prompts" / "calibration.txt"),
+                        help="prompts file (default: the shipped calibration split, 2,000 prompts)")
     parser.add_argument("--build", default=str(ROOT / "build" / "cpp"), help="C++ build directory (make cpp)")
     parser.add_argument("--passes", type=int, default=5, help="tokenizer passes over all prompts (first = cold)")
     parser.add_argument("--latency-runs", type=int, default=150, help="timed batch-1 encode calls per side and round")

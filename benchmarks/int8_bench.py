@@ -135,7 +135,7 @@ def bundle_specs(args: argparse.Namespace) -> list[BundleSpec]:
                    ["quantize", "{src}", "--out", "{out}", "--mode", "static", "--method", "minmax",
                     "--eval-limit", "1000", *gate, "--threads", threads], source="s0-fp32",
                    expect={"quantization.mode": "static", "calibration.method": "minmax",
-                           "calibration.name": "calibration/calibration.txt", "calibration.count": 2000,
+                           "calibration.name": "edgeseg/data/prompts/calibration.txt", "calibration.count": 2000,
                            "fidelity.prompts": 1000, **gate_expect}),
         BundleSpec("s0-int8-dynamic", "S0 INT8 dynamic (ORT)", "mobileclip-s0", "int8",
                    ["quantize", "{src}", "--out", "{out}", "--mode", "dynamic", "--eval-limit", "1000", *gate,
@@ -145,7 +145,8 @@ def bundle_specs(args: argparse.Namespace) -> list[BundleSpec]:
                    ["quantize", "{src}", "--out", "{out}", "--mode", "static", "--method", "minmax",
                     "--eval-limit", "1000", *gate, "--prune-vocab", "train", "--threads", threads], source="s0-fp32",
                    expect={"quantization.mode": "static", "calibration.count": 2000,
-                           "tokenizer.pruned.corpus": "calibration/ train splits", **gate_expect}),
+                           "tokenizer.pruned.corpus": "edgeseg/data/prompts train splits (calibration + distill)",
+                           **gate_expect}),
     ]
     if not args.skip_all_int8:
         relaxed = ["--min-mean-cosine", "0.998", "--min-worst-cosine", "0.99"]
@@ -176,7 +177,8 @@ def bundle_specs(args: argparse.Namespace) -> list[BundleSpec]:
 EXPORT_SOURCES = ("edgeseg/export.py", "edgeseg/bundle.py", "edgeseg/tokenizer.py",
                   "edgeseg/checkpoints.py", "edgeseg/encoders/*.py", "edgeseg/encoders/configs/*.json")
 QUANTIZE_SOURCES = ("edgeseg/quantize.py", "edgeseg/bundle.py", "edgeseg/outputs.py",
-                    "edgeseg/tokenizer.py", "edgeseg/corpus.py", "calibration/calibration.txt", "calibration/eval.txt")
+                    "edgeseg/tokenizer.py", "edgeseg/corpus.py", "edgeseg/data/prompts/calibration.txt",
+                    "edgeseg/data/prompts/eval.txt")
 
 
 def source_fingerprint(spec: BundleSpec) -> str:

@@ -722,9 +722,12 @@ def render_report(result: dict[str, Any]) -> str:
 
 # -- plots ----------------------------------------------------------------------------------------
 def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, folder: Path) -> list[str]:
-    """PNG plots into ``folder``; returns their file names."""
-    import matplotlib
+    """PNG plots into ``folder``; returns their file names (none without matplotlib, the plots extra)."""
+    from edgeseg.errors import optional_module
 
+    matplotlib = optional_module("matplotlib", "the PNG plots")
+    if matplotlib is None:
+        return []
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 

@@ -1,13 +1,14 @@
-"""Prompt sets for calibration, distillation and evaluation, and the rules that split them.
+"""Prompt sets for calibration, distillation, evaluation and bundle self-checks, and the rules that split them.
 
-The prompt sets live in the repository's top-level ``calibration/`` folder (see
-``calibration/SOURCES.md``): ``calibration.txt`` (about 2,000 prompts for post-training quantization),
-``distill.txt`` (the training corpus for the student encoders), ``eval.txt`` (held out, about 10% of
-the pool), ``samples.txt`` (a couple of dozen short prompts for demos) and ``manifest.json`` (counts
-per source and split, and the sha256 of every file). They are built from the prompt lists in
-``shared/prompts/`` with::
+The prompt sets ship inside the package, in ``edgeseg/data/prompts/`` (see its ``SOURCES.md``):
+``calibration.txt`` (about 2,000 prompts for post-training quantization), ``distill.txt`` (the
+training corpus for the student encoders), ``eval.txt`` (held out, about 10% of the pool: the
+fidelity gates and every evaluation), ``reference.txt`` (held out, about 1% of the pool: the
+prompts a bundle stores with its FP32 outputs for on-device self-checks), ``samples.txt`` (a couple
+of dozen short prompts for demos) and ``manifest.json`` (counts per source and split, and the
+sha256 of every file). They are built from the prompt lists in ``shared/prompts/`` with::
 
-    python -m edgeseg.corpus build --source ../shared/prompts --out calibration
+    python -m edgeseg.corpus build --source ../shared/prompts --out edgeseg/data/prompts
 
 Identity. A prompt is identified by its *normalized* text, :func:`normalize_prompt`, which is SAM3's
 own cleaning (``edgeseg.tokenizer.clean_text``: ftfy, HTML unescape twice, whitespace collapse,
@@ -31,21 +32,29 @@ Split rules.
 
 1. ``eval`` iff ``bucket < EVAL_PERCENT`` (10). This depends on the normalized text alone, so adding
    or removing source lists never moves a prompt into or out of eval.
-2. The other prompts are the train pool. Calibration takes :data:`CALIBRATION_SIZE` of them,
+2. ``reference`` iff ``EVAL_PERCENT <= bucket < EVAL_PERCENT + REFERENCE_PERCENT`` (bucket 10):
+   also a function of the text alone. Nothing is fitted on it (calibration, ranking, pruning,
+   training) and no gate measures on it; bundles take their self-check prompts from it
+   (:func:`reference_prompts`).
+3. The other prompts are the train pool. Calibration takes :data:`CALIBRATION_SIZE` of them,
    stratified by source: each source first gets ``min(available, CALIBRATION_FLOOR)`` (the floor is
    lowered to ``size // number of sources`` if the floors would not fit), and the rest of the 2,000
    is shared out in proportion to each source's remaining train prompts (integer largest
    remainder, ties to the earlier source). Within a source, prompts are taken in ascending
    ``rank``, multi-word prompts first up to ``ceil(quota * MIN_MULTIWORD_PERCENT / 100)`` so that
    attribute phrases ("red car", "a player in white") are always represented, then the rest by rank.
-3. Everything else in the train pool is ``distill``.
+4. Everything else in the train pool is ``distill``.
 
-So a prompt's split is a pure function of its normalized text (for eval) plus the source lists (for
-calibration versus distill). :func:`split_of` answers it for one text against the shipped files.
+So a prompt's split is a pure function of its normalized text (for eval and reference) plus the
+source lists (for calibration versus distill). :func:`split_of` answers it for one text against the
+shipped files.
 
 Each output file is sorted by normalized text (Python code-point order), written as UTF-8 with one
 prompt per line and ``\\n`` line ends, atomically (temporary file, then ``os.replace``). The build is
 byte-for-byte reproducible from the same source lists.
+
+Default prompt sets of the commands (one place for these rules): :func:`calibration_set`,
+:func:`gate_set` (evenly spaced eval prompts), :func:`reference_prompts` and :func:`pruning_corpus`.
 """
 
 from __future__ import annotations
@@ -66,13 +75,18 @@ from edgeseg.tokenizer import clean_text
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("calibration", "distill", "eval")
+SPLITS = ("calibration", "distill", "eval", "reference")
+HELD_OUT = ("eval", "reference")  # decided by the hash alone; never fitted on
 SAMPLES = "samples"
 MANIFEST_NAME = "manifest.json"
-FORMAT = "edgeseg-prompt-splits/1"
+FORMAT = "edgeseg-prompt-splits/2"
+PROMPTS_PACKAGE_DIR = "data/prompts"  # inside the edgeseg package (package data)
 
 SPLIT_SALT = b"edgeseg-split-v1:"
 EVAL_PERCENT = 10
+REFERENCE_PERCENT = 1
+REFERENCE_COUNT = 32  # prompts a bundle stores with its FP32 outputs
+GATE_LIMIT = 1000  # eval prompts a fidelity gate uses by default
 CALIBRATION_SIZE = 2000
 CALIBRATION_FLOOR = 20
 MIN_MULTIWORD_PERCENT = 50
@@ -104,7 +118,7 @@ SOURCE_ORDER = (
     "saco_veval_noun_phrases",
 )
 
-# Lists whose stated licence is non-commercial or copyleft (see calibration/SOURCES.md). The manifest
+# Lists whose stated licence is non-commercial or copyleft (see data/prompts/SOURCES.md). The manifest
 # counts, per split, the prompts found *only* in these lists.
 RESTRICTED_SOURCES = {
     "saco_veval_noun_phrases": "CC-BY-NC-4.0",
@@ -151,9 +165,22 @@ def hash_bucket(text: str) -> int:
     return _bucket(_digest(normalize_prompt(text)))
 
 
+def _held_out_split(bucket: int) -> str | None:
+    if bucket < EVAL_PERCENT:
+        return "eval"
+    if bucket < EVAL_PERCENT + REFERENCE_PERCENT:
+        return "reference"
+    return None
+
+
 def is_eval(text: str) -> bool:
     """True if the prompt belongs to the held-out eval split; depends on its normalized text only."""
     return hash_bucket(text) < EVAL_PERCENT
+
+
+def is_held_out(text: str) -> bool:
+    """True if the prompt is in a held-out split (eval or reference); depends on its normalized text only."""
+    return _held_out_split(hash_bucket(text)) is not None
 
 
 def is_multiword(normalized: str) -> bool:
@@ -162,16 +189,17 @@ def is_multiword(normalized: str) -> bool:
 
 
 def split_of(text: str, calibration: Collection[str] | None = None) -> str:
-    """The split of one prompt: ``"eval"``, ``"calibration"`` or ``"distill"``.
+    """The split of one prompt: ``"eval"``, ``"reference"``, ``"calibration"`` or ``"distill"``.
 
-    Eval is decided by the hash of the normalized text. Otherwise the prompt is ``"calibration"`` if
-    its normalized text is in ``calibration`` (normalized texts; by default the shipped
-    ``calibration/calibration.txt``) and ``"distill"`` if not. A text from no source list therefore
-    gets ``"eval"`` or ``"distill"``, consistently with how it would be split if it were added.
+    Eval and reference are decided by the hash of the normalized text. Otherwise the prompt is
+    ``"calibration"`` if its normalized text is in ``calibration`` (normalized texts; by default the
+    shipped ``calibration.txt``) and ``"distill"`` if not. A text from no source list therefore gets
+    ``"eval"``, ``"reference"`` or ``"distill"``, consistently with how it would be split if it were added.
     """
     normalized = normalize_prompt(text)
-    if _bucket(_digest(normalized)) < EVAL_PERCENT:
-        return "eval"
+    held_out = _held_out_split(_bucket(_digest(normalized)))
+    if held_out is not None:
+        return held_out
     members = _shipped_calibration() if calibration is None else calibration
     return "calibration" if normalized in members else "distill"
 
@@ -185,48 +213,110 @@ def _shipped_calibration() -> frozenset[str]:
 # Shipped files and overlap checks
 
 
-def _calibration_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "calibration"
+def _prompts_path() -> Path:
+    return Path(__file__).resolve().parent / PROMPTS_PACKAGE_DIR
 
 
-def calibration_dir() -> Path:
-    """The repository's ``calibration/`` folder, next to the ``edgeseg`` package."""
-    path = _calibration_path()
+def prompts_dir() -> Path:
+    """The shipped prompt sets: ``edgeseg/data/prompts/`` (package data, also in an installed wheel)."""
+    path = _prompts_path()
     if not path.is_dir():
         raise EdgesegError(
-            f"prompt sets not found: {path} does not exist. They live in the repository's calibration/ "
-            "folder and are not part of an installed wheel; use a source checkout (pip install -e .) "
-            "or rebuild them with: python -m edgeseg.corpus build --source <prompt lists> --out <dir>"
+            f"prompt sets not found: {path} does not exist; this edgeseg installation is incomplete "
+            "(reinstall it: pip install --force-reinstall edgeseg) or rebuild them with: "
+            "python -m edgeseg.corpus build --source <prompt lists> --out <dir>"
         )
     return path
 
 
-def load_split(name: str) -> list[str]:
-    """The prompts of a shipped set (``calibration``, ``distill``, ``eval``, ``samples``), in file order."""
+def split_path(name: str) -> Path:
+    """The file of a shipped set (``calibration``, ``distill``, ``eval``, ``reference``, ``samples``)."""
     if name not in (*SPLITS, SAMPLES):
         raise EdgesegError(f"unknown prompt set {name!r}; choose one of: {', '.join((*SPLITS, SAMPLES))}")
-    path = calibration_dir() / f"{name}.txt"
+    path = prompts_dir() / f"{name}.txt"
     if not path.is_file():
         raise EdgesegError(f"prompt set file missing: {path}")
-    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    return path
+
+
+def load_split(name: str) -> list[str]:
+    """The prompts of a shipped set (``calibration``, ``distill``, ``eval``, ``reference``, ``samples``)."""
+    return [line for line in split_path(name).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_normalized() -> frozenset[str]:
+    """Normalized texts of the shipped held-out splits (eval and reference)."""
+    return frozenset(normalize_prompt(p) for name in HELD_OUT for p in load_split(name))
+
+
+# --------------------------------------------------------------------------------------------------
+# The default prompt sets of the commands
+
+
+def evenly_spaced(prompts: Sequence[str], limit: int) -> list[str]:
+    """At most ``limit`` prompts taken at an even stride from the start (a stable, order-only sample)."""
+    if limit < 1:
+        raise EdgesegError(f"a prompt limit must be at least 1, got {limit}")
+    return list(prompts[:: max(1, len(prompts) // limit)][:limit])
+
+
+def _named(path: str | os.PathLike | None, split: str) -> tuple[list[str], str]:
+    from edgeseg.fileio import read_prompts
+
+    if path is not None:
+        return read_prompts(path), Path(path).name
+    return load_split(split), f"edgeseg/{PROMPTS_PACKAGE_DIR}/{split}.txt"
+
+
+def calibration_set(path: str | os.PathLike | None = None, limit: int | None = None) -> tuple[list[str], str]:
+    """Calibration prompts and their name: ``path`` or the shipped calibration split, the first ``limit``.
+
+    The same prompts also rank layers when a fidelity gate fails and fit the smoothing factors;
+    never the eval split.
+    """
+    prompts, name = _named(path, "calibration")
+    return (prompts[:limit] if limit else prompts), name
+
+
+def gate_set(path: str | os.PathLike | None = None, limit: int = GATE_LIMIT) -> list[str]:
+    """The fidelity gate's prompts: ``limit`` evenly spaced prompts of ``path`` or the shipped eval split."""
+    return evenly_spaced(_named(path, "eval")[0], limit)
+
+
+def reference_prompts(path: str | os.PathLike | None = None, count: int = REFERENCE_COUNT) -> list[str]:
+    """A bundle's self-check prompts: all of ``path``, else ``count`` evenly spaced prompts of the reference split.
+
+    The reference split is held out from every corpus anything is fitted on and from the gates, so a
+    bundle's stored reference outputs measure nothing it was tuned for.
+    """
+    if path is not None:
+        return _named(path, "reference")[0]
+    return evenly_spaced(load_split("reference"), count)
+
+
+TRAIN_CORPUS = "train"
+
+
+def pruning_corpus(spec: str) -> tuple[list[str], str]:
+    """The vocabulary-pruning corpus and its name: ``"train"`` (the calibration + distill splits) or a file.
+
+    The eval split (the gate measures the pruned bundle on it) and the reference split are never
+    part of it; :func:`edgeseg.quantize.quantize_bundle` adds only the bundle's own 32 reference
+    prompts, so that its self-check keeps its segmentation.
+    """
+    if spec == TRAIN_CORPUS:
+        return (load_split("calibration") + load_split("distill"),
+                f"edgeseg/{PROMPTS_PACKAGE_DIR} train splits (calibration + distill)")
+    from edgeseg.fileio import read_prompts
+
+    return read_prompts(spec), Path(spec).name
 
 
 def overlap(a: Iterable[str], b: Iterable[str]) -> set[str]:
     """Normalized texts that occur in both ``a`` and ``b`` (after :func:`normalize_prompt`)."""
     left = {normalize_prompt(t) for t in a}
     return {n for n in (normalize_prompt(t) for t in b) if n in left}
-
-
-def check_disjoint(train_prompts: Iterable[str], eval_prompts: Iterable[str]) -> None:
-    """Raise :class:`EdgesegError` if any training prompt is an eval prompt after normalization."""
-    common = overlap(train_prompts, eval_prompts)
-    if common:
-        shown = ", ".join(repr(t) for t in sorted(common)[:5])
-        more = f" and {len(common) - 5} more" if len(common) > 5 else ""
-        raise EdgesegError(
-            f"{len(common)} training prompt(s) are also eval prompts after normalization: {shown}{more}. "
-            "Remove them (or build the corpus from calibration/distill.txt) so the evaluation stays held out."
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,8 +423,9 @@ def _quotas(available: Sequence[int], total: int, floor: int) -> list[int]:
 def _assign(pool: dict[str, _Prompt], sources: Sequence[str], calibration_size: int) -> None:
     by_source: dict[str, list[_Prompt]] = {name: [] for name in sources}
     for prompt in pool.values():
-        if prompt.bucket < EVAL_PERCENT:
-            prompt.split = "eval"
+        held_out = _held_out_split(prompt.bucket)
+        if held_out is not None:
+            prompt.split = held_out
         else:
             prompt.split = "distill"
             by_source[prompt.source].append(prompt)
@@ -396,15 +487,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def build_splits(
     source_dir: str | Path, out_dir: str | Path, calibration_size: int = CALIBRATION_SIZE
 ) -> dict:
-    """Build ``calibration.txt``, ``distill.txt``, ``eval.txt``, ``samples.txt`` and ``manifest.json``.
+    """Build the split files, ``samples.txt`` and ``manifest.json`` into ``out_dir`` (created if needed).
 
     Reads every ``*.txt`` list in ``source_dir`` (see the module docs for the order, de-duplication
-    and split rules) and writes the sets into ``out_dir`` (created if needed). Returns the manifest.
+    and split rules) and writes ``calibration.txt``, ``distill.txt``, ``eval.txt`` and
+    ``reference.txt``. Returns the manifest.
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     pool, stats = _read_pool(source_dir)
-    sources = [st.name for st in stats]
-    _assign(pool, sources, calibration_size)
+    _assign(pool, [st.name for st in stats], calibration_size)
 
     per_split: dict[str, list[_Prompt]] = {name: [] for name in SPLITS}
     for prompt in pool.values():
@@ -414,19 +505,41 @@ def build_splits(
         prompts.sort(key=lambda p: p.normalized)
         files[f"{name}.txt"] = _encode_lines(p.original for p in prompts)
     files[f"{SAMPLES}.txt"] = _encode_lines(_pick_samples(pool))
+    manifest = _manifest(pool, stats, per_split, files, calibration_size)
+    files[MANIFEST_NAME] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for filename, data in files.items():
+        _write_atomic(out_dir / filename, data)
+    log.info(
+        "wrote %s: %s of %d prompts from %d lists",
+        out_dir,
+        ", ".join(f"{name} {manifest['splits'][name]['count']}" for name in SPLITS),
+        len(pool),
+        len(stats),
+    )
+    if out_dir.resolve() == _prompts_path():
+        _shipped_calibration.cache_clear()
+        held_out_normalized.cache_clear()
+    return manifest
+
+
+def _manifest(pool: dict[str, _Prompt], stats: Sequence[_SourceStats], per_split: dict[str, list[_Prompt]],
+              files: dict[str, bytes], calibration_size: int) -> dict:
     counts = {st.name: dict.fromkeys(SPLITS, 0) for st in stats}
     for prompt in pool.values():
         counts[prompt.source][prompt.split] += 1
-    manifest = {
+    return {
         "format": FORMAT,
-        "rebuild": "python -m edgeseg.corpus build --source <shared/prompts> --out calibration",
+        "rebuild": f"python -m edgeseg.corpus build --source <shared/prompts> --out edgeseg/{PROMPTS_PACKAGE_DIR}",
         "method": {
             "normalize": "edgeseg.tokenizer.clean_text",
             "hash": "d = sha256(salt + normalized utf-8); bucket = int(d[0:8]) % 100; rank = int(d[8:16])",
             "byte_order": "big",
             "salt": SPLIT_SALT.decode("ascii"),
             "eval_buckets": f"0-{EVAL_PERCENT - 1} of 100",
+            "reference_buckets": (f"{EVAL_PERCENT}-{EVAL_PERCENT + REFERENCE_PERCENT - 1} of 100"
+                                  if REFERENCE_PERCENT > 1 else f"{EVAL_PERCENT} of 100"),
             "calibration_size": calibration_size,
             "calibration_floor": CALIBRATION_FLOOR,
             "min_multiword_percent": MIN_MULTIWORD_PERCENT,
@@ -458,21 +571,6 @@ def build_splits(
             for st in stats
         ],
     }
-    files[MANIFEST_NAME] = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for filename, data in files.items():
-        _write_atomic(out_dir / filename, data)
-    log.info(
-        "wrote %s: %s of %d prompts from %d lists",
-        out_dir,
-        ", ".join(f"{name} {manifest['splits'][name]['count']}" for name in SPLITS),
-        len(pool),
-        len(stats),
-    )
-    if out_dir.resolve() == _calibration_path():
-        _shipped_calibration.cache_clear()
-    return manifest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the prompt sets from a folder of prompt lists")
     build.add_argument("--source", required=True, type=Path, help="folder of *.txt prompt lists")
-    build.add_argument("--out", required=True, type=Path, help="output folder (e.g. calibration)")
+    build.add_argument("--out", required=True, type=Path, help="output folder (e.g. edgeseg/data/prompts)")
     build.add_argument("--calibration-size", type=int, default=CALIBRATION_SIZE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -467,6 +467,17 @@ def rank_layers(fp32: Path, qdq: Path, ids: np.ndarray, threads: int | None = No
 
 
 # -- the whole step -----------------------------------------------------------------------------
+def ranking_prompts(calibration_prompts: Sequence[str], count: int) -> list[str]:
+    """The prompts that rank layers when the gate fails: the first ``count`` calibration prompts.
+
+    Without calibration prompts (dynamic mode needs none) the shipped calibration split is used:
+    layers are never ranked on the eval prompts the gate measures.
+    """
+    from edgeseg.corpus import load_split
+
+    return list(calibration_prompts[:count]) if len(calibration_prompts) else load_split("calibration")[:count]
+
+
 def prompts_hash(prompts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
 
@@ -532,9 +543,8 @@ def quantize_bundle(
             return _gated_fidelity(memory, mask, ref_memory, ref_mask, same, pruned is not None)
 
         def rank() -> list[tuple[str, float]]:
-            # rank on calibration prompts (never the gate's own eval prompts) when there are any
-            sens_ids = (cand_tokenizer(list(calibration_prompts[:sensitivity_prompts]), length).ids
-                        if len(calibration_prompts) else cand_ids[:sensitivity_prompts])
+            # rank on calibration prompts, never the gate's own eval prompts (dynamic mode may have none given)
+            sens_ids = cand_tokenizer(ranking_prompts(calibration_prompts, sensitivity_prompts), length).ids
             if mode == "static":
                 return rank_layers(fp32_work, model_path, sens_ids, threads)
             return rank_dynamic_layers(fp32_work, sens_ids, threads)  # dynamic scales follow each batch

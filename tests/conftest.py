@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CALIBRATION = REPO / "calibration"
+PROMPT_SETS = REPO / "edgeseg" / "data" / "prompts"
 
 
 def import_sam3():
@@ -30,6 +30,17 @@ def import_sam3():
     return SimpleTokenizer, VETextEncoder
 
 
+def import_transformers():
+    """transformers (the pinned 5.23.0 oracle), or skip (fail under CI) when it is not installed."""
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"transformers==5.23.0 must be installed in CI for the transformers parity tests: {exc}")
+        pytest.skip(f"transformers is not installed (pip install -e .[transformers]): {exc}")
+    return transformers
+
+
 @pytest.fixture(scope="session")
 def meta_tokenizer():
     from edgeseg.tokenizer import default_vocab_path
@@ -39,14 +50,14 @@ def meta_tokenizer():
 
 
 def calibration_prompts(limit: int | None = None) -> list[str]:
-    """Real prompts shipped in calibration/ (all splits), in file order."""
+    """Real prompts shipped in edgeseg/data/prompts/ (all splits), in file order."""
     prompts: list[str] = []
-    for name in ("calibration", "distill", "eval"):
-        path = CALIBRATION / f"{name}.txt"
+    for name in ("calibration", "distill", "eval", "reference"):
+        path = PROMPT_SETS / f"{name}.txt"
         if path.exists():
             prompts += [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     if not prompts:
-        pytest.fail("calibration/ holds no prompt files")
+        pytest.fail("edgeseg/data/prompts/ holds no prompt files")
     return prompts[:limit] if limit else prompts
 
 

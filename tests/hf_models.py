@@ -10,12 +10,11 @@ statistics included), so outputs exercise every path.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from conftest import import_transformers  # noqa: F401  (re-exported for the parity test modules)
 
 TINY_VISION = {"model_type": "sam3_vision_model", "fpn_hidden_size": 32,
                "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
@@ -47,17 +46,6 @@ def tiny_student_text(rows: int = 77, repmixer: bool = True, layers: int = 4) ->
 
 PROMPTS = ["a dog", "the leftmost child wearing blue vest", "wow!$ sign", "", "a player in white " * 6,
            "two cats", "Tom & Jerry's cat", "2024 cars"]
-
-
-def import_transformers():
-    """transformers, or skip (fail under CI) when it is not installed."""
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"transformers==5.23.0 must be installed in CI for the parity tests: {exc}")
-        pytest.skip(f"transformers is not installed (pip install -e .[transformers]): {exc}")
-    return transformers
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""Tests for the prompt sets in calibration/ and for edgeseg.corpus.
+"""Tests for the prompt sets in edgeseg/data/prompts/ and for edgeseg.corpus.
 
 The split rules are re-derived here from their documented specification (sha256 of the salted
 normalized text), not read back from the code under test.
@@ -22,10 +22,10 @@ from edgeseg.errors import EdgesegError
 from edgeseg.tokenizer import clean_text
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "calibration"
+SHIPPED = REPO / "edgeseg" / "data" / "prompts"
 SOURCE_DIR = REPO.parent / "shared" / "prompts"
-SPLITS = ("calibration", "distill", "eval")
-FILES = ("calibration.txt", "distill.txt", "eval.txt", "samples.txt", "manifest.json")
+SPLITS = ("calibration", "distill", "eval", "reference")
+FILES = ("calibration.txt", "distill.txt", "eval.txt", "reference.txt", "samples.txt", "manifest.json")
 SALT = b"edgeseg-split-v1:"
 
 needs_sources = pytest.mark.skipif(
@@ -94,13 +94,21 @@ def test_splits_are_disjoint_after_normalization(normalized):
             assert not common, f"{a} and {b} share {len(common)} prompts, e.g. {sorted(common)[:3]}"
 
 
-def test_eval_is_the_hash_bucket_and_about_ten_percent(normalized):
+def spec_held_out(bucket: int) -> str | None:
+    """The documented held-out splits: eval = buckets 0-9, reference = bucket 10."""
+    return "eval" if bucket < 10 else "reference" if bucket == 10 else None
+
+
+def test_eval_and_reference_are_hash_buckets(normalized):
     for name in SPLITS:
-        wrong = [t for t in normalized[name] if (spec_bucket(t, normalized=True) < 10) != (name == "eval")]
+        expected = name if name in ("eval", "reference") else None
+        wrong = [t for t in normalized[name] if spec_held_out(spec_bucket(t, normalized=True)) != expected]
         assert not wrong, f"{len(wrong)} prompts of {name}.txt are in the wrong hash bucket: {wrong[:3]}"
     pool = sum(len(normalized[name]) for name in SPLITS)
     share = len(normalized["eval"]) / pool
     assert 0.09 <= share <= 0.11, f"eval is {share:.3%} of the pool"
+    share = len(normalized["reference"]) / pool
+    assert 0.008 <= share <= 0.012, f"reference is {share:.3%} of the pool"
 
 
 def test_calibration_size_and_multiword_share(normalized):
@@ -146,7 +154,7 @@ def test_every_source_is_represented_in_calibration(normalized, sources):
     assert not missing, f"sources with no calibration prompt: {missing}"
     # SAM3's own example prompts are credited first and fit in the per-source floor.
     examples = sources["sam3_repo_examples"]
-    assert {t for t in examples if spec_bucket(t) >= 10} <= cal
+    assert {t for t in examples if spec_bucket(t) >= 11} <= cal
 
 
 @needs_sources
@@ -180,16 +188,20 @@ def test_split_of_is_hash_based_and_normalization_invariant():
         assert buckets == {spec_bucket(group[0])}, group
         splits = {corpus.split_of(v, calibration=()) for v in group}
         assert len(splits) == 1, group
-        assert splits == {"eval" if spec_bucket(group[0]) < 10 else "distill"}
+        assert splits == {spec_held_out(spec_bucket(group[0])) or "distill"}
     # Enough distinct texts to see both outcomes of the eval bucket, matching the spec each time.
     texts = [f"test prompt {i}" for i in range(400)]
     got = [corpus.is_eval(t) for t in texts]
     assert got == [spec_bucket(t) < 10 for t in texts]
     assert 15 <= sum(got) <= 65
+    held = [corpus.is_held_out(t) for t in texts]
+    assert held == [spec_bucket(t) <= 10 for t in texts]
+    assert [corpus.split_of(t, calibration=()) for t in texts].count("reference") == sum(
+        spec_bucket(t) == 10 for t in texts) > 0
 
 
 def test_split_of_uses_the_calibration_set():
-    train = next(t for t in (f"thing {i}" for i in range(100)) if spec_bucket(t) >= 10)
+    train = next(t for t in (f"thing {i}" for i in range(100)) if spec_bucket(t) >= 11)
     held = next(t for t in (f"thing {i}" for i in range(100)) if spec_bucket(t) < 10)
     assert corpus.split_of(train.upper(), calibration={train}) == "calibration"
     assert corpus.split_of(train, calibration=set()) == "distill"
@@ -220,23 +232,20 @@ def test_split_of_does_not_depend_on_python_hash_seed():
         assert torch_loaded == "False", "edgeseg.corpus must not import torch"
 
 
-def test_overlap_and_check_disjoint():
+def test_overlap():
     assert corpus.overlap(["Red Car", "dog"], [" red   car", "cat", "DOG&amp;"]) == {"red car"}
-    corpus.check_disjoint(["dog", "cat"], ["red car"])
-    with pytest.raises(EdgesegError, match="1 training prompt"):
-        corpus.check_disjoint(["Dog", "cat"], ["  DOG "])
 
 
-def test_check_disjoint_accepts_the_shipped_splits(shipped):
-    # A tenth of distill keeps this quick; the full pairwise check is done above on normalized sets.
-    corpus.check_disjoint(shipped["calibration"] + shipped["distill"][::10], shipped["eval"])
-    with pytest.raises(EdgesegError, match="also eval prompts"):
-        corpus.check_disjoint(shipped["distill"][:50] + [shipped["eval"][7].upper()], shipped["eval"])
+def test_shipped_splits_are_disjoint_from_the_held_out_ones(shipped):
+    held_out = corpus.held_out_normalized()
+    assert len(held_out) == len(shipped["eval"]) + len(shipped["reference"])
+    assert not {norm(t) for t in shipped["calibration"] + shipped["distill"][::10]} & held_out
 
 
 def test_load_split(shipped):
-    assert corpus.calibration_dir() == SHIPPED
+    assert corpus.prompts_dir() == SHIPPED
     assert corpus.load_split("calibration") == shipped["calibration"]
+    assert corpus.load_split("reference") == shipped["reference"]
     assert corpus.load_split("samples") == shipped["samples"]
     with pytest.raises(EdgesegError, match="unknown prompt set"):
         corpus.load_split("train")
@@ -259,14 +268,15 @@ def test_build_on_small_lists(tmp_path):
     # First occurrence wins, blank lines are dropped, case variants are one prompt.
     assert sorted(everything) == sorted(["Dog", "cat", "Red Car", *singles, *multis])
     for name in SPLITS:
-        assert all((spec_bucket(t) < 10) == (name == "eval") for t in files[name])
-    train = [t for t in everything if spec_bucket(t) >= 10]
+        expected = name if name in ("eval", "reference") else None
+        assert all(spec_held_out(spec_bucket(t)) == expected for t in files[name])
+    train = [t for t in everything if spec_bucket(t) >= 11]
     cal = files["calibration"]
     assert len(cal) == min(12, len(train))
-    coco_train = {t for t in ("Dog", "cat", "Red Car") if spec_bucket(t) >= 10}
+    coco_train = {t for t in ("Dog", "cat", "Red Car") if spec_bucket(t) >= 11}
     assert coco_train <= set(cal), "the small list's prompts should fill its floor"
     extra_cal = [t for t in cal if t not in coco_train]
-    extra_multi = [t for t in multis if spec_bucket(t) >= 10]
+    extra_multi = [t for t in multis if spec_bucket(t) >= 11]
     want = min(len(extra_multi), math.ceil(len(extra_cal) / 2))
     assert sum(t in extra_multi for t in extra_cal) >= want, "multi-word prompts not given priority"
     assert [s["name"] for s in manifest["sources"]] == ["coco", "zz_extra"]

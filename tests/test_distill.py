@@ -38,7 +38,7 @@ TINY_TEACHER = {"base": "sam3", "name": "tiny-sam3", "width": 32, "layers": 2, "
 
 
 def _lines(name: str, count: int, skip: int = 0) -> list[str]:
-    text = (REPO / "calibration" / f"{name}.txt").read_text(encoding="utf-8").split("\n")
+    text = (REPO / "edgeseg" / "data" / "prompts" / f"{name}.txt").read_text(encoding="utf-8").split("\n")
     return [t for t in text if t.strip()][skip : skip + count]
 
 
@@ -329,6 +329,45 @@ def _expect_error(args: list[str], match: str, capsys, out: Path) -> None:
     assert not out.exists(), "a failed run must leave no run folder"
 
 
+def test_held_out_prompts_are_dropped_from_a_user_corpus(corpus, tmp_path):
+    """Prompts equal (after normalization) to eval, reference or --eval-prompts prompts are not trained on."""
+    from edgeseg.corpus import normalize_prompt
+    from edgeseg.distill.train import DistillConfig, prepare_prompts
+
+    train = _lines("distill", 40)
+    shipped_eval, reference = _lines("eval", 1, skip=100)[0], _lines("reference", 1, skip=7)[0]
+    own_eval = _lines("distill", 1, skip=500)[0]
+    path = tmp_path / "user.txt"
+    path.write_text("\n".join([*train, f"  {shipped_eval.upper()} ", reference, own_eval]) + "\n", encoding="utf-8")
+    own = tmp_path / "own_eval.txt"
+    own.write_text(own_eval + "\n", encoding="utf-8")
+    expected = {normalize_prompt(t) for t in (shipped_eval, reference, own_eval)}
+    for eval_file, dropped in ((None, expected - {normalize_prompt(own_eval)}), (str(own), expected)):
+        notes: list[str] = []
+        cfg = DistillConfig(student="mobileclip-s0", out=str(tmp_path / "run"), prompts=[str(path)],
+                            eval_prompts=eval_file)
+        prompts = prepare_prompts(cfg, notes.append)
+        assert set(prompts.dropped) == dropped and set(prompts.train.normalized) & expected == expected - dropped
+        assert len(prompts.train.normalized) == len(train) + 3 - len(dropped)
+        assert len(notes) == 1 and f"dropped {len(dropped)} training prompt(s)" in notes[0], notes
+        if eval_file:
+            assert prompts.eval.normalized == [normalize_prompt(own_eval)]
+
+
+def test_dropped_prompts_are_counted_in_config_and_report(corpus, tmp_path):
+    train = tmp_path / "train.txt"
+    extra = [_lines("eval", 1, skip=3)[0].upper(), _lines("reference", 1)[0], _lines("eval", 1)[0]]
+    train.write_text(corpus["train"].read_text() + "\n".join(extra) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args({"train": train, "eval": corpus["eval"]}, out, steps=2))
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped 3 training prompt(s) that are held-out prompts" in proc.stderr
+    assert "3 held-out prompt(s) dropped from training" in proc.stderr.strip().splitlines()[-1]
+    config = json.loads((out / "config.json").read_text())
+    assert config["dropped_held_out"]["count"] == 3 and len(config["dropped_held_out"]["examples"]) == 3
+    assert config["train_prompts"] == 96 and config["eval_prompts"] == 24
+
+
 def test_bad_inputs_exit_2_with_one_line_and_nothing_written(corpus, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     base = ["distill", "--prompts", str(corpus["train"]), "--eval-prompts", str(corpus["eval"]), "--out", str(out)]
@@ -343,13 +382,10 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(corpus, tmp_path, c
     (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
     _expect_error(["distill", "--student", "mobileclip-s0", "--prompts", str(tmp_path / "empty.txt"),
                    "--out", str(out)], "holds no prompts", capsys, out)
-    overlap = tmp_path / "overlap.txt"
-    overlap.write_text(corpus["train"].read_text() + _lines("eval", 1)[0].upper() + "\n", encoding="utf-8")
-    _expect_error(["distill", "--student", "mobileclip-s0", "--prompts", str(overlap), "--out", str(out)],
-                  "also eval prompts", capsys, out)
-    # with a custom eval set, the shipped eval split stays untrainable too
-    overlap.write_text(corpus["train"].read_text() + _lines("eval", 1, skip=100)[0] + "\n", encoding="utf-8")
-    _expect_error([*base, "--student", "mobileclip-s0", "--prompts", str(overlap)], "also eval prompts", capsys, out)
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("\n".join([*_lines("eval", 3), *_lines("reference", 2)]) + "\n", encoding="utf-8")
+    _expect_error(["distill", "--student", "mobileclip-s0", "--prompts", str(held_out), "--out", str(out)],
+                  "once its 5 held-out prompt(s) are dropped", capsys, out)
     _expect_error(["distill", "--student", "mobileclip-s0", "--out", str(tmp_path / "no" / "run")],
                   "does not exist", capsys, tmp_path / "no")
 

@@ -1,7 +1,7 @@
 """The C++ runtime (``engines/``, built by ``make cpp`` into build/cpp) against the Python pipeline.
 
 * Tokenizer parity: the C++ tokenizer (called through the C API with ctypes) gives the Python tokenizer's
-  ids on every prompt in calibration/ (all splits) and on conftest's HARD_PROMPTS. ftfy (mojibake repair,
+  ids on every shipped prompt (edgeseg/data/prompts/, all splits) and on conftest's HARD_PROMPTS. ftfy (mojibake repair,
   NFC, quote uncurling) has no C++ equivalent: prompts that ftfy changes are listed and must match the
   Python tokenizer with ftfy switched off.
 * ORT backend parity: C++ outputs equal ``edgeseg.runtime.load(dir).encode`` (max abs diff <= 1e-5) on an
@@ -37,7 +37,7 @@ BUILD = Path(os.environ.get("EDGESEG_CPP_BUILD", REPO / "build" / "cpp"))
 LIBRARY = BUILD / "engines" / "libedgeseg_runtime.so"
 CLI = BUILD / "engines" / "edgeseg-encode"
 TOL = 1e-5
-LONG = 128  # context length for tokenizer parity: long enough that nothing is cut in calibration/
+LONG = 128  # context length for tokenizer parity: long enough that nothing is cut in the shipped prompt sets
 
 PROMPTS = ["a dog", "wow!$ sign", "", "the leftmost child wearing blue vest", "a player in white " * 6,
            "caf\u00e9 au lait", HARD_PROMPTS[0], HARD_PROMPTS[7], HARD_PROMPTS[9], "UPPER lower MiXeD"]
@@ -186,7 +186,7 @@ def check_parity(cpp_tokenizer, prompts: list[str], label: str, verbose: bool = 
 
 def test_tokenizer_parity_on_every_calibration_prompt(cpp_tokenizer, capsys):
     with capsys.disabled():  # the count is part of the issue's "done": show it even under -q
-        check_parity(cpp_tokenizer, calibration_prompts(), "calibration/ (all splits)")
+        check_parity(cpp_tokenizer, calibration_prompts(), "edgeseg/data/prompts/ (all splits)")
 
 
 def test_tokenizer_parity_on_hard_prompts(cpp_tokenizer, capsys):

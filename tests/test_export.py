@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CALIBRATION, HARD_PROMPTS
+from conftest import HARD_PROMPTS, PROMPT_SETS
 from onnx import numpy_helper
 from test_encoders_mobileclip import S0_BLOCKS, tiny_student
 
@@ -418,12 +418,14 @@ def test_cli_export_full_size_s0(s0_export):
     assert manifest["source"]["checkpoint_sha256"] == "random" and manifest["source"]["seed"] == 0
     assert manifest["export"]["max_abs_diff"] <= TOL
     assert manifest["precision"] == "fp32" and manifest["calibration"] is None
-    eval_prompts = set((CALIBRATION / "eval.txt").read_text(encoding="utf-8").split("\n"))
+    reference_split = set((PROMPT_SETS / "reference.txt").read_text(encoding="utf-8").split("\n"))
+    eval_prompts = set((PROMPT_SETS / "eval.txt").read_text(encoding="utf-8").split("\n"))
     with np.load(out / "reference.npz", allow_pickle=False) as ref:
         ref = {k: ref[k] for k in ref.files}
     count = manifest["reference"]["prompts"]  # the default count is the CLI's choice (a few dozen)
     assert len(ref["prompts"]) == count and 8 <= count <= 200
-    assert len(set(ref["prompts"].tolist())) == count and set(ref["prompts"].tolist()) <= eval_prompts
+    assert len(set(ref["prompts"].tolist())) == count and set(ref["prompts"].tolist()) <= reference_split
+    assert not set(ref["prompts"].tolist()) & eval_prompts  # self-check prompts are never gate prompts
 
     model = s0_torch_model()
     ids, expected, expected_mask = torch_outputs(model, ref["prompts"].tolist())

@@ -232,6 +232,32 @@ def test_dynamic_sensitivity_finds_the_planted_layer(prompts, tmp_path_factory):
     assert len(manifest["excluded_layers"]) == 1 and manifest["fidelity"]["mean_cosine"] >= 0.99
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_layers_are_ranked_on_calibration_prompts_never_on_eval(mode, prompts, tmp_path_factory, monkeypatch):
+    """The fallback ranks on calibration prompts; without any (dynamic mode) on the shipped calibration split."""
+    from edgeseg import quantize
+    from edgeseg.corpus import load_split
+
+    _, fp32 = _tiny_bundle(tmp_path_factory, ["repmixer", "transformer", "transformer"], f"rank_{mode}",
+                           _plant_outlier)
+    name = "rank_layers" if mode == "static" else "rank_dynamic_layers"
+    real, seen = getattr(quantize, name), []
+
+    def spy(*args, **kwargs):  # rank_layers(fp32, qdq, ids, ...), rank_dynamic_layers(fp32, ids, ...)
+        seen.append(next(a for a in args if isinstance(a, np.ndarray)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantize, name, spy)
+    calibration = prompts[0] if mode == "static" else []
+    gate_prompts = load_split("eval")[::90][:96]
+    quantize_bundle(fp32, tmp_path_factory.mktemp(f"rank_{mode}_out") / "int8", calibration, gate_prompts, mode=mode,
+                    gate=Gate(0.99, 0.9), smooth_alpha=0)
+    expected = (prompts[0] if mode == "static" else load_split("calibration"))[:64]
+    assert len(seen) == 1 and np.array_equal(seen[0], get_tokenizer()(expected, 16).ids)
+    gate_rows = {tuple(r) for r in get_tokenizer()(gate_prompts, 16).ids.tolist()}
+    assert not {tuple(r) for r in seen[0].tolist()} & gate_rows
+
+
 def test_unreachable_gate_fails_without_leaving_a_bundle(fp32_bundle, prompts, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(EdgesegError, match="cannot be met"):
@@ -271,3 +297,39 @@ def test_cli_bad_input_is_one_line_exit_2(fp32_bundle, tmp_path, args, needle):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_no_gate_prompt_is_in_any_corpus_a_bundle_is_fitted_on(tmp_path):
+    """`edgeseg export` + `edgeseg quantize --prune-vocab train` on the defaults: the gate's eval prompts are in
+    neither the calibration prompts (which also fit the smoothing and rank layers), the pruning corpus nor the
+    bundle's reference prompts. The manifest's sha256 fields show which prompts were used; they are checked
+    against sha256 of the documented default sets, computed here."""
+    import hashlib
+
+    from edgeseg import corpus
+    from edgeseg.bundle import load_reference, verify_bundle
+    from edgeseg.cli import main
+
+    def sha(prompts):
+        return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+
+    fp32, out = tmp_path / "fp32", tmp_path / "int8"
+    export_bundle(tiny_student(["repmixer", "transformer"], seed=3), fp32, corpus.reference_prompts(), SOURCE)
+    assert main(["quantize", str(fp32), "--out", str(out), "--prune-vocab", "train", "--calibration-limit", "64",
+                 "--eval-limit", "64", "--min-mean-cosine", "0.99", "--min-worst-cosine", "0.9"]) == 0
+    manifest = verify_bundle(out)
+    read = {name: (corpus.prompts_dir() / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+            for name in ("calibration", "distill", "eval", "reference")}
+    calibration, pruning = read["calibration"][:64], read["calibration"] + read["distill"]
+    reference = [str(p) for p in load_reference(out, manifest)["prompts"]]
+    assert manifest["calibration"]["sha256"] == sha(calibration)
+    assert manifest["tokenizer"]["pruned"]["sha256"] == sha(pruning)
+    assert reference == read["reference"][:: len(read["reference"]) // 32][:32]
+    gate = read["eval"][:: len(read["eval"]) // 64][:64]
+    assert manifest["fidelity"]["prompts"] + manifest["fidelity"]["resegmented"]["prompts"] == len(gate)
+    held_out = {corpus.normalize_prompt(p) for p in read["eval"]}  # every eval prompt, the gate's 64 included
+    fitted = {"calibration, smoothing, layer ranking": calibration, "vocabulary pruning": pruning + reference,
+              "reference prompts": reference}
+    for name, prompts in fitted.items():
+        common = held_out & {corpus.normalize_prompt(p) for p in prompts}
+        assert not common, f"{len(common)} eval prompt(s) in the {name} corpus: {sorted(common)[:3]}"

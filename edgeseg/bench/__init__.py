@@ -62,6 +62,10 @@ class BenchOptions:
     encoders: dict[str, Any] = field(default_factory=dict)
     image_model: Any = None
     resolution: int | None = None
+    # --video (edgeseg.bench.video): a clip or frames folder, the frames used, an injected video model
+    video: Path | None = None
+    video_frames: int = 8
+    video_model: Any = None
 
 
 @dataclass
@@ -171,6 +175,10 @@ def prepare(opts: BenchOptions) -> tuple[list[Resolved], list[Any] | None]:
     """Every check on the inputs that needs no model: candidates, baseline, images and prompts, output folder."""
     resolved = resolve_candidates(opts)
     images = None if opts.skip_segmentation else load_images(opts)
+    if opts.video is not None:
+        from edgeseg.bench.video import load_clip
+
+        load_clip(opts.video, opts.video_frames)  # decodable, before any long work
     out = Path(opts.out)
     if out.exists() and not out.is_dir():
         raise EdgesegError(f"--out {out} exists and is not a folder")
@@ -359,7 +367,7 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
             bar.update(1)
     results["accuracy"] = {
         "method": accuracy.METHOD, "split": "eval", "prompts": len(eval_prompts),
-        "selection": "evenly spaced prompts of calibration/eval.txt (offset half a step)",
+        "selection": "evenly spaced prompts of edgeseg/data/prompts/eval.txt (offset half a step)",
         "rows": {key: accuracy.compare(encoded[key], encoded[opts.baseline]) for key in keys},
         "weights": RANDOM_NOTE if any_random else None,
     }
@@ -373,6 +381,12 @@ def run_bench(opts: BenchOptions, prepared: tuple[list[Resolved], list[Any] | No
     else:
         results["segmentation"] = segmentation_phase(opts, teacher, keys, torch_models, runners, images, facts)
     phases["segmentation_s"] = time.perf_counter() - mark
+    if opts.video is not None:
+        from edgeseg.bench.video import video_phase
+
+        mark = time.perf_counter()
+        results["video"] = video_phase(opts, teacher, keys, torch_models, runners, lambda m: log.info("%s", m))
+        phases["video_s"] = time.perf_counter() - mark
     for runner in runners.values():
         runner.deactivate()
     results["runtime_s"] = time.perf_counter() - started

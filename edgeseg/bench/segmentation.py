@@ -3,12 +3,14 @@
 Each image goes through SAM3's image encoder once; then every prompt is grounded once with SAM3's
 own text features (its ``VETextEncoder``, context 32) and once per candidate with the candidate's
 features injected where the text encoder's output goes: ``model.backbone.language_backbone`` is
-swapped for :class:`InjectedText`, which returns ``(mask [B, L] bool True = padding, memory [L, B, 256],
-embeds [L, B, 1024])`` exactly as ``VETextEncoder.forward`` does. Candidates give L = 16 rows (their
+swapped for :class:`edgeseg.integrations.meta_sam3.TextEncoderAdapter`, which returns ``(mask [B, L] bool
+True = padding, memory [L, B, 256], embeds [L, B, 1024])`` exactly as ``VETextEncoder.forward`` does.
+Candidates give L = 16 rows (their
 context); the teacher gives 32. SAM3 reads the text memory only through attention masked by the
 padding mask and a masked mean, so the number of padding rows does not matter, only the valid ones.
 The token-embedding output (``language_embeds``) is not read by SAM3's grounding path; the adapter
-returns zeros for it (checked: :func:`embeds_unused` in the tests).
+returns zeros for it (checked: :func:`embeds_unused`, and SAM3's own features through the adapter
+reproduce its outputs bit for bit in ``tests/test_integrations.py``).
 
 Outputs are compared at the mask head's resolution (no resize to the photo), per prompt: detections
 (score = sigmoid(logit) * presence > threshold, 0.5 as in ``Sam3Processor``), count agreement,
@@ -16,162 +18,30 @@ IoU of the union of detected masks (1.0 when both runs detect nothing: they agre
 top-scoring query's mask (defined even without detections), box IoU of greedily matched detections
 (top-1 boxes when either run has none) and the score difference of the top-1 queries.
 
-Meta's package has a few CUDA-only call sites (``device="cuda"`` in cached position encodings and
-decoder coordinates, ``pin_memory`` in the geometry encoder); :class:`CpuShim` maps them to CPU
-while the model is built and run.
+Meta's SAM3 models are built and run on CPU by :mod:`edgeseg.integrations.meta_build`; the candidates'
+features reach SAM3 through :mod:`edgeseg.integrations.meta_sam3` (the public adapter, the only one).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.overrides import TorchFunctionMode
 
 from edgeseg.errors import EdgesegError
+from edgeseg.integrations.meta_build import RESOLUTION, TINY_RESOLUTION, CpuShim, build_image_model
+from edgeseg.media import as_rgb, read_image
 
 log = logging.getLogger(__name__)
 
-RESOLUTION = 1008  # SAM3's native input size (its ViT's RoPE tables are built for it)
-TINY_RESOLUTION = 224  # the reduced test configuration (tiny ViT built for this size)
 DEFAULT_PROMPTS = Path(__file__).with_name("default_images.json")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class CpuShim(TorchFunctionMode):
-    """Runs SAM3's CUDA-only call sites on CPU: ``device='cuda'`` -> CPU, ``pin_memory()`` -> no-op."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        device = kwargs.get("device")
-        if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            kwargs["device"] = "cpu"
-        if func is torch.Tensor.pin_memory and not torch.cuda.is_available():
-            return args[0]
-        return func(*args, **kwargs)
-
-
-def _import_sam3() -> Any:
-    try:
-        import sam3.model_builder as builder
-    except ImportError as exc:
-        raise EdgesegError(f"the segmentation benchmark needs Meta's sam3 package (pip install -e .[sam3]): "
-                           f"{exc}") from exc
-    return builder
-
-
-def build_image_model(checkpoint: Path | None = None, text_state: dict[str, torch.Tensor] | None = None,
-                      tiny: bool = False, seed: int = 0) -> torch.nn.Module:
-    """Meta's SAM3 image model (FP32, CPU, eval), composed with Meta's own builders.
-
-    ``checkpoint``: Meta's sam3.pt (its ``detector.*`` keys, loaded strictly). Without it the
-    weights are random (``seed``), and ``text_state`` (the edgeseg teacher's state dict) is loaded
-    into its text encoder, so that the benchmark's baseline is the same teacher everywhere.
-    ``tiny``: a reduced ViT (2 blocks, width 64, 224 px) and text encoder (width 64, 2 layers) for
-    tests; everything after the backbone is SAM3's real configuration.
-    """
-    builder = _import_sam3()
-    from sam3.model.text_encoder_ve import VETextEncoder
-    from sam3.model.tokenizer_ve import SimpleTokenizer
-    from sam3.model.vitdet import ViT
-
-    from edgeseg.tokenizer import default_vocab_path
-
-    torch.manual_seed(seed)
-    with CpuShim(), torch.device("cpu"):
-        if tiny:
-            trunk = ViT(img_size=TINY_RESOLUTION, pretrain_img_size=TINY_RESOLUTION, patch_size=14, embed_dim=64,
-                        depth=2, num_heads=2, mlp_ratio=2.0, norm_layer="LayerNorm", drop_path_rate=0.0,
-                        qkv_bias=True, use_abs_pos=True, tile_abs_pos=True, global_att_blocks=(1,),
-                        rel_pos_blocks=(), use_rope=True, use_interp_rope=True, window_size=8,
-                        pretrain_use_cls_token=True, retain_cls_token=False, ln_pre=True, ln_post=False,
-                        return_interm_layers=False, bias_patch_embed=False)
-            neck = builder._create_vit_neck(builder._create_position_encoding(precompute_resolution=1008), trunk)
-            text = VETextEncoder(tokenizer=SimpleTokenizer(bpe_path=str(default_vocab_path())), d_model=256,
-                                 width=64, heads=4, layers=2)
-        else:
-            neck = builder._create_vision_backbone(enable_inst_interactivity=False)
-            text = builder._create_text_encoder(str(default_vocab_path()))
-        model = builder._create_sam3_model(
-            builder._create_vl_backbone(neck, text), builder._create_sam3_transformer(),
-            builder._create_geometry_encoder(), builder._create_segmentation_head(),
-            builder._create_dot_product_scoring(), None, True)
-    if checkpoint is not None:
-        from edgeseg.checkpoints import _torch_load
-
-        state = _torch_load(Path(checkpoint))
-        state = state.get("model", state) if isinstance(state, dict) else state
-        detector = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
-        if not detector:
-            raise EdgesegError(f"{checkpoint} holds no 'detector.*' keys: not Meta's sam3.pt")
-        try:
-            model.load_state_dict(detector, strict=True)
-        except RuntimeError as exc:
-            raise EdgesegError(f"{checkpoint} does not fit SAM3's image model: {str(exc).splitlines()[0][:200]}") \
-                from exc
-    elif text_state is not None:
-        model.backbone.language_backbone.load_state_dict(text_state, strict=True)
-    # Meta's modules leave some tensors uninitialised (torch.empty) for the checkpoint to fill: with random
-    # weights they may hold NaN/inf. Give those seeded small values so that a random model computes.
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                log.info("SAM3 image model: %s was not initialised; random values", name)
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.02)
-    return model.eval()
-
-
-class InjectedText(torch.nn.Module):
-    """Stands in for SAM3's ``VETextEncoder``: returns a candidate's (mask, memory, embeds) for the prompts."""
-
-    def __init__(self, encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]], embed_width: int = 1024):
-        super().__init__()
-        self.encode = encode
-        self.embed_width = embed_width
-        self.seconds: list[float] = []
-
-    def forward(self, text: Sequence[str], input_boxes: Any = None, device: Any = None) -> tuple[torch.Tensor, ...]:
-        t0 = time.perf_counter()
-        memory, mask = self.encode(list(text))  # [B, L, 256] float32, [B, L] bool True = padding
-        self.seconds.append(time.perf_counter() - t0)
-        memory_t = torch.from_numpy(np.ascontiguousarray(memory, dtype=np.float32)).transpose(0, 1)
-        embeds = torch.zeros(memory_t.shape[0], memory_t.shape[1], self.embed_width)
-        return torch.from_numpy(np.asarray(mask, dtype=bool)), memory_t, embeds
-
-
-class TimedText(torch.nn.Module):
-    """SAM3's own text encoder, timed."""
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-        self.seconds: list[float] = []
-
-    def forward(self, text: Sequence[str], input_boxes: Any = None, device: Any = None) -> tuple[torch.Tensor, ...]:
-        t0 = time.perf_counter()
-        out = self.inner(text, input_boxes, device=device)
-        self.seconds.append(time.perf_counter() - t0)
-        return out
-
-
-@contextlib.contextmanager
-def text_encoder(model: torch.nn.Module, module: torch.nn.Module) -> Iterator[None]:
-    """Swap ``model.backbone.language_backbone`` for ``module`` while the block runs."""
-    original = model.backbone.language_backbone
-    model.backbone.language_backbone = module
-    try:
-        yield
-    finally:
-        model.backbone.language_backbone = original
 
 
 # -- images and prompts ----------------------------------------------------------------------------
@@ -181,17 +51,6 @@ class ImageItem:
     array: np.ndarray  # uint8 [H, W, 3]
     prompts: list[str]
     source: str
-
-
-def _rgb(array: np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise EdgesegError(f"image {name} has shape {list(array.shape)}, not an RGB image")
-    return np.ascontiguousarray(array[..., :3].astype(np.uint8))
 
 
 def default_images(limit: int | None = None) -> list[ImageItem]:
@@ -204,7 +63,7 @@ def default_images(limit: int | None = None) -> list[ImageItem]:
     spec = json.loads(DEFAULT_PROMPTS.read_text(encoding="utf-8"))
     items = []
     for name, prompts in spec["images"].items():
-        items.append(ImageItem(name, _rgb(getattr(skimage.data, name)(), name), list(prompts),
+        items.append(ImageItem(name, as_rgb(getattr(skimage.data, name)(), name), list(prompts),
                                f"skimage.data.{name}()"))
     return items[:limit] if limit else items
 
@@ -234,8 +93,6 @@ def read_prompt_map(path: Path) -> dict[str, list[str]]:
 
 
 def user_images(directory: Path, prompt_map: dict[str, list[str]] | None) -> list[ImageItem]:
-    from PIL import Image, UnidentifiedImageError
-
     directory = Path(directory)
     if not directory.is_dir():
         raise EdgesegError(f"images folder {directory} does not exist")
@@ -246,14 +103,10 @@ def user_images(directory: Path, prompt_map: dict[str, list[str]] | None) -> lis
         raise EdgesegError("--images needs --prompts FILE (image<TAB>prompt lines, or prompts for every image)")
     items = []
     for path in files:
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise EdgesegError(f"{path} is not an image that PIL can read") from exc
+        array = read_image(path)
         prompts = prompt_map.get(path.name, []) + prompt_map.get(path.stem, []) + prompt_map.get("*", [])
         if prompts:
-            items.append(ImageItem(path.name, _rgb(array, path.name), prompts, str(path)))
+            items.append(ImageItem(path.name, array, prompts, str(path)))
     if not items:
         raise EdgesegError(f"no prompts in the prompts file name an image of {directory}")
     return items
@@ -266,6 +119,7 @@ class Grounding:
     boxes: np.ndarray  # [Q, 4] xyxy, normalized
     masks: np.ndarray  # [Q, h, w] bool (mask logit > 0)
     threshold: float
+    logits: Any = None  # [Q, h, w] float mask logits (torch), when kept (edgeseg segment resizes them)
 
     @property
     def kept(self) -> np.ndarray:
@@ -332,20 +186,21 @@ def summarize(rows: Sequence[dict[str, Any]], iou_bar: float = 0.95) -> dict[str
 
 
 # -- the run -------------------------------------------------------------------------------------
-def _find_stage() -> Any:
+def _find_stage(device: Any = "cpu") -> Any:
     """SAM3's query for one image and one text (what ``Sam3Processor`` builds)."""
     from sam3.model.data_misc import FindStage
 
-    return FindStage(img_ids=torch.tensor([0], dtype=torch.long), text_ids=torch.tensor([0], dtype=torch.long),
+    ids = torch.tensor([0], dtype=torch.long, device=device)
+    return FindStage(img_ids=ids, text_ids=ids,
                      input_boxes=None, input_boxes_mask=None, input_boxes_label=None, input_points=None,
                      input_points_mask=None)
 
 
 def ground(model: torch.nn.Module, backbone_out: dict[str, Any], prompt: str, threshold: float,
-           find_stage: Any) -> tuple[Grounding, float, float]:
+           find_stage: Any, device: Any = "cpu", keep_logits: bool = False) -> tuple[Grounding, float, float]:
     """Text features for ``prompt`` (whatever text module is installed), then SAM3's grounding heads."""
     t0 = time.perf_counter()
-    text = model.backbone.forward_text([prompt], device="cpu")
+    text = model.backbone.forward_text([prompt], device=device)
     t1 = time.perf_counter()
     out = model.forward_grounding(backbone_out={**backbone_out, **text}, find_input=find_stage,
                                   geometric_prompt=model._get_dummy_prompt(), find_target=None)
@@ -354,8 +209,10 @@ def ground(model: torch.nn.Module, backbone_out: dict[str, Any], prompt: str, th
     from sam3.model.box_ops import box_cxcywh_to_xyxy
 
     boxes = box_cxcywh_to_xyxy(out["pred_boxes"][0])
-    masks = out["pred_masks"][0] > 0
-    return Grounding(scores.float().numpy(), boxes.float().numpy(), masks.numpy(), threshold), t1 - t0, t2 - t1
+    logits = out["pred_masks"][0]
+    grounding = Grounding(scores.float().cpu().numpy(), boxes.float().cpu().numpy(), (logits > 0).cpu().numpy(),
+                          threshold, logits if keep_logits else None)
+    return grounding, t1 - t0, t2 - t1
 
 
 def transform(resolution: int) -> Callable[[np.ndarray], torch.Tensor]:
@@ -368,18 +225,23 @@ def transform(resolution: int) -> Callable[[np.ndarray], torch.Tensor]:
     return apply
 
 
-def run_segmentation(model: torch.nn.Module, images: Sequence[ImageItem],
-                     candidates: dict[str, Callable[[list[str]], tuple[np.ndarray, np.ndarray]]],
+def run_segmentation(model: torch.nn.Module, images: Sequence[ImageItem], candidates: dict[str, Any],
                      resolution: int = RESOLUTION, threshold: float = 0.5,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Ground every (image, prompt) with SAM3's text features and with each candidate's; compare."""
+    """Ground every (image, prompt) with SAM3's own text encoder and with each candidate's features; compare.
+
+    ``candidates``: name -> a text source (:func:`edgeseg.integrations.as_text_source`: a runner, an edgeseg
+    encoder, or a function ``prompts -> (memory [B, L, 256], mask [B, L])``), encoded afresh per prompt
+    (no cache: the text time is measured).
+    """
+    from edgeseg.integrations import as_text_source, meta_sam3
+
     find_stage = _find_stage()
     prep = transform(resolution)
-    own = TimedText(model.backbone.language_backbone)
-    width = int(model.backbone.language_backbone.encoder.width)
-    adapters = {key: InjectedText(fn, width) for key, fn in candidates.items()}
+    sources = {key: as_text_source(src) for key, src in candidates.items()}
     rows: dict[str, list[dict[str, Any]]] = {key: [] for key in candidates}
-    timing: dict[str, list[float]] = {"image_encoder_s": [], "teacher_grounding_s": []}
+    timing: dict[str, list[float]] = {"image_encoder_s": [], "teacher_text_s": [], "teacher_grounding_s": []}
+    text_s: dict[str, list[float]] = {key: [] for key in candidates}
     decoder_s: dict[str, list[float]] = {key: [] for key in candidates}
     teacher_rows = []
     with CpuShim(), torch.inference_mode():
@@ -390,14 +252,15 @@ def run_segmentation(model: torch.nn.Module, images: Sequence[ImageItem],
             if progress:
                 progress(f"{item.name}: image encoder {timing['image_encoder_s'][-1]:.1f} s")
             for prompt in item.prompts:
-                with text_encoder(model, own):
-                    ref, _, dec = ground(model, backbone_out, prompt, threshold, find_stage)
+                ref, txt, dec = ground(model, backbone_out, prompt, threshold, find_stage)  # SAM3's own encoder
+                timing["teacher_text_s"].append(txt)
                 timing["teacher_grounding_s"].append(dec)
                 teacher_rows.append({"image": item.name, "prompt": prompt, "detections": int(ref.kept.sum()),
                                      "top1_score": float(ref.scores.max())})
-                for key, adapter in adapters.items():
-                    with text_encoder(model, adapter):
-                        got, _, dec = ground(model, backbone_out, prompt, threshold, find_stage)
+                for key, source in sources.items():
+                    with meta_sam3.text_encoder(model, source, cache=False):
+                        got, txt, dec = ground(model, backbone_out, prompt, threshold, find_stage)
+                    text_s[key].append(txt)
                     decoder_s[key].append(dec)
                     rows[key].append({"image": item.name, "prompt": prompt, **compare_groundings(ref, got)})
                 if progress:
@@ -409,17 +272,26 @@ def run_segmentation(model: torch.nn.Module, images: Sequence[ImageItem],
         "teacher": teacher_rows,
         "per_prompt": rows,
         "summary": {key: summarize(r) for key, r in rows.items()},
-        "timing": {
-            "image_encoder_s_per_image": float(np.mean(timing["image_encoder_s"])),
-            "image_encoder_s": timing["image_encoder_s"],
-            "teacher_text_s_per_prompt": float(np.mean(own.seconds)) if own.seconds else None,
-            "teacher_grounding_s_per_prompt": float(np.mean(timing["teacher_grounding_s"])),
-            "candidate_text_s_per_prompt": {k: float(np.mean(a.seconds)) for k, a in adapters.items() if a.seconds},
-            "candidate_grounding_s_per_prompt": {k: float(np.mean(v)) for k, v in decoder_s.items() if v},
-            "how": "time.perf_counter around SAM3's forward_image (image encoder + neck), forward_text (text "
-                   "encoder; candidates: tokenize + encode + adapter) and forward_grounding (fusion encoder, "
-                   "decoder, scoring, mask head), one prompt per call",
-        },
+        "timing": _timing(timing, text_s, decoder_s),
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def _timing(timing: dict[str, list[float]], text_s: dict[str, list[float]],
+            decoder_s: dict[str, list[float]]) -> dict[str, Any]:
+    return {
+        "image_encoder_s_per_image": _mean(timing["image_encoder_s"]),
+        "image_encoder_s": timing["image_encoder_s"],
+        "teacher_text_s_per_prompt": _mean(timing["teacher_text_s"]),
+        "teacher_grounding_s_per_prompt": _mean(timing["teacher_grounding_s"]),
+        "candidate_text_s_per_prompt": {k: _mean(v) for k, v in text_s.items() if v},
+        "candidate_grounding_s_per_prompt": {k: _mean(v) for k, v in decoder_s.items() if v},
+        "how": "time.perf_counter around SAM3's forward_image (image encoder + neck), forward_text (text "
+               "encoder; candidates: tokenize + encode + adapter) and forward_grounding (fusion encoder, "
+               "decoder, scoring, mask head), one prompt per call",
     }
 
 
@@ -437,18 +309,19 @@ def component_params(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def embeds_unused(model: torch.nn.Module, image: np.ndarray, prompt: str, resolution: int) -> bool:
-    """True when zeroing the text encoder's ``embeds`` output leaves SAM3's grounding unchanged."""
+    """True when SAM3's own features with zeroed ``embeds`` (what the adapter returns) ground exactly as
+    SAM3's own text encoder does."""
+    from edgeseg.integrations import meta_sam3
+
     find_stage = _find_stage()
-    inner = model.backbone.language_backbone
-
-    class Zeroed(torch.nn.Module):
-        def forward(self, text, input_boxes=None, device=None):
-            mask, memory, embeds = inner(text, input_boxes, device=device)
-            return mask, memory, torch.zeros_like(embeds)
-
     with CpuShim(), torch.inference_mode():
         backbone_out = model.backbone.forward_image(transform(resolution)(image))
         a, _, _ = ground(model, backbone_out, prompt, 0.5, find_stage)
-        with text_encoder(model, Zeroed()):
+        with meta_sam3.text_encoder(model, meta_sam3.own_text_source(model), cache=False):
             b, _, _ = ground(model, backbone_out, prompt, 0.5, find_stage)
     return bool(np.array_equal(a.scores, b.scores) and np.array_equal(a.masks, b.masks))
+
+
+__all__ = ["RESOLUTION", "TINY_RESOLUTION", "Grounding", "ImageItem", "box_iou", "build_image_model",
+           "compare_groundings", "default_images", "ground", "mask_iou", "read_prompt_map", "run_segmentation",
+           "summarize", "transform", "user_images"]

@@ -8,11 +8,13 @@ them on :data:`edgeseg.cli.common.cli`.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from edgeseg.cli import analyze, bank, bench, build, convert, distill, encoders  # noqa: F401  (register the commands)
+from edgeseg.cli import analyze, bank, bench, build, convert, distill, encoders, segment  # noqa: F401  (commands)
 from edgeseg.cli.common import cli
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, MissingExtra, extra_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("edgeseg: interrupted", err=True)
         return 130
+    except ModuleNotFoundError as exc:  # an optional package that no require_extra() check caught first
+        extra = extra_of(exc.name or "")
+        if extra is None:
+            raise
+        error = MissingExtra(_command(argv), extra, [(exc.name or "").split(".")[0]])
+        click.echo(f"edgeseg: error: {error}", err=True)
+        return error.exit_code
     return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    """``edgeseg NAME`` for the command named on the command line (for messages)."""
+    args = sys.argv[1:] if argv is None else argv
+    name = next((a for a in args if a in cli.commands), None)
+    return f"edgeseg {name}" if name else "this edgeseg command"
 
 
 

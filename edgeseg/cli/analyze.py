@@ -12,6 +12,7 @@ from edgeseg.cli.common import (
     _note,
     cli,
 )
+from edgeseg.errors import require_extra
 
 
 @cli.command()
@@ -44,6 +45,8 @@ def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out
     and a TwoNN intrinsic dimension of the pooled memory of a seeded sample (random weights without
     --teacher-checkpoint). See report.md in --out for all definitions.
     """
+    if not no_embedding:
+        require_extra("edgeseg analyze (its embedding part; --no-embedding skips it)", "build", "torch")
     from edgeseg.analyze import parse_contexts
     from edgeseg.analyze import run as run_analysis
 

@@ -11,7 +11,7 @@ from edgeseg.cli.common import (
     _note,
     cli,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command(context_settings={"show_default": True})
@@ -28,6 +28,10 @@ from edgeseg.errors import EdgesegError
               help="Folder of images for segmentation (needs --prompts). Default: scikit-image sample photos.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most this many images.")
 @click.option("--skip-segmentation", is_flag=True, help="Only latency, memory and embedding accuracy.")
+@click.option("--video", type=click.Path(path_type=Path), default=None,
+              help="A clip (MP4, ...) or a folder of frames: per-frame mask IoU and tracking-id agreement through "
+                   "SAM3's video model (prompts: --prompts lines naming the file or every image; else 'a person').")
+@click.option("--video-frames", type=click.IntRange(min=1), default=8, help="Use the first N frames of --video.")
 @click.option("--rounds", type=click.IntRange(min=1), default=10, help="Interleaved latency rounds.")
 @click.option("--eval-prompts", type=click.IntRange(min=2), default=256,
               help="Eval-split prompts for embedding accuracy and retrieval.")
@@ -42,7 +46,7 @@ from edgeseg.errors import EdgesegError
 def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None, batches: str, threads: int,
           sam3_checkpoint: Path | None, images: Path | None, max_images: int | None, skip_segmentation: bool,
           rounds: int, eval_prompts: int, no_memory: bool, device: str, suite: str | None, bank: bool,
-          bank_prompts: Path | None, out: Path) -> None:
+          bank_prompts: Path | None, out: Path, video: Path | None = None, video_frames: int = 8) -> None:
     """Benchmark bundles and/or encoders against the FP32 SAM3 text encoder.
 
     CANDIDATES are bundle folders (edgeseg export/quantize/build) or encoder names (torch, random
@@ -51,6 +55,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
     segmentation agreement through Meta's SAM3 image model with each candidate's text features
     injected. Writes OUT/results.json, OUT/report.md and plots.
     """
+    require_extra("edgeseg bench (its FP32 SAM3 baseline runs in torch)", "build", "torch")
     from edgeseg.bench import BenchOptions, prepare, run_bench
 
     try:
@@ -63,6 +68,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
                         sam3_checkpoint=sam3_checkpoint, images=images, prompts=prompts_file,
                         skip_segmentation=skip_segmentation, rounds=rounds, eval_prompts=eval_prompts,
                         memory=not no_memory, max_images=max_images, device=device, suite=suite,
+                        video=video, video_frames=video_frames,
                         command=_bench_command(click.get_current_context()))
     bank_job = _bank_job(candidates, bank_prompts) if bank or bank_prompts else None  # checked before the long run
     prepared = prepare(opts)

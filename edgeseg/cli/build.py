@@ -13,12 +13,11 @@ from edgeseg.cli.common import (
     POSITION_HELP,
     _load,
     _note,
-    _reference_prompts,
     _source,
     cli,
     semantics_option,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command()
@@ -30,7 +29,7 @@ from edgeseg.errors import EdgesegError
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
-                   "(default: 32 prompts of the held-out eval split).")
+                   "(default: 32 prompts of the held-out reference split, which no gate and no fitted corpus uses).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @semantics_option
@@ -43,11 +42,13 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
     weights are not in the graph. The bundle holds model.onnx, the tokenizer vocabulary, reference
     inputs/outputs and manifest.json (sha256 of every file); it is written atomically.
     """
+    require_extra("edgeseg export", "build", "torch", "onnx")
     from edgeseg.bundle import check_bundle_target
+    from edgeseg.corpus import reference_prompts as reference_set
     from edgeseg.export import export_bundle
 
     check_bundle_target(out)
-    prompts = _reference_prompts(reference_prompts)
+    prompts = reference_set(reference_prompts)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics)
     manifest = export_bundle(model, out, prompts, _source(checkpoint, seed, model), opset=opset)
     _note(f"exported {encoder} (context {manifest['context_length']}, FP32, {manifest['semantics']} padding: pad id "
@@ -59,7 +60,8 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="INT8 bundle directory to write.")
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
-              help="Calibration prompts, one per line (default: the shipped calibration split, 2,000 prompts).")
+              help="Calibration prompts, one per line (default: the shipped calibration split, 2,000 prompts). "
+                   "They also rank layers when the gate fails (never the eval prompts).")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N calibration prompts (faster, e.g. for the 353M-parameter teacher).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
@@ -105,26 +107,15 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
     misses the gate, the layers that add the most error are returned to float until it holds; the
     manifest lists them. Never imports torch.
     """
+    require_extra("edgeseg quantize", "build", "onnx")
     from edgeseg.bundle import check_bundle_target
-    from edgeseg.corpus import load_split
-    from edgeseg.fileio import read_prompts
+    from edgeseg.corpus import calibration_set, gate_set, pruning_corpus
     from edgeseg.quantize import Gate, quantize_bundle
 
     check_bundle_target(out)
-    if calibration_file is not None:
-        calibration, calibration_name = read_prompts(calibration_file), calibration_file.name
-    else:
-        calibration, calibration_name = load_split("calibration"), "calibration/calibration.txt"
-    if calibration_limit:
-        calibration = calibration[:calibration_limit]
-    evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
-    step = max(1, len(evaluation) // eval_limit)
-    evaluation = evaluation[::step][:eval_limit]
-    prune_prompts, prune_name = None, ""
-    if prune_vocab == "train":
-        prune_prompts, prune_name = load_split("calibration") + load_split("distill"), "calibration/ train splits"
-    elif prune_vocab is not None:
-        prune_prompts, prune_name = read_prompts(Path(prune_vocab)), Path(prune_vocab).name
+    calibration, calibration_name = calibration_set(calibration_file, calibration_limit)
+    evaluation = gate_set(eval_prompts, eval_limit)
+    prune_prompts, prune_name = pruning_corpus(prune_vocab) if prune_vocab is not None else (None, "")
     manifest = quantize_bundle(bundle, out, calibration, evaluation, calibration_name=calibration_name,
                                method=method, mode=mode, gate=Gate(min_mean_cosine, min_worst_cosine),
                                embedding_int8=not float_embedding, threads=threads, progress=_note,
@@ -162,7 +153,8 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
               help="Largest batch: TensorRT profile 1..N (opt 1); Core ML enumerated batch sizes 1..N.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
-              help="Prompts stored with FP32 outputs for self-checks (default: 32 prompts of the eval split).")
+              help="Prompts stored with FP32 outputs for self-checks (default: 32 prompts of the held-out reference "
+                   "split).")
 @click.option("--calibration", "calibration_file", type=click.Path(path_type=Path), default=None,
               help="INT8 calibration prompts (default: the shipped calibration split).")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use the first N only.")
@@ -211,28 +203,28 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     ONNX support matrix (--tensorrt-version) before the target step. A summary of every stage is printed
     on stderr.
     """
-    from edgeseg.bundle import check_bundle_target, verify_bundle
-    from edgeseg.corpus import load_split
-    from edgeseg.fileio import read_prompts
-    from edgeseg.quantize import Gate
-    from edgeseg.targets.pipeline import EngineOptions, Prompts, preflight, resolve_precision
-    from edgeseg.targets.pipeline import build as run_build
-
     if (encoder is None) == (bundle is None):
         raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
     if bundle is not None and (checkpoint is not None or context_length is not None or semantics is not None):
         raise EdgesegError("--checkpoint, --context-length and --semantics do not apply to --bundle (the bundle "
                            "fixes them)")
+    require_extra("edgeseg build", "build", "onnx", *(["torch"] if encoder else []))
+    from edgeseg.bundle import check_bundle_target, verify_bundle
+    from edgeseg.corpus import calibration_set, gate_set
+    from edgeseg.corpus import reference_prompts as reference_set
+    from edgeseg.fileio import read_prompts
+    from edgeseg.quantize import Gate
+    from edgeseg.targets.pipeline import EngineOptions, Prompts, preflight, resolve_precision
+    from edgeseg.targets.pipeline import build as run_build
+
     check_bundle_target(out)
     from_bundle = verify_bundle(bundle) if bundle is not None and target != "coreml" else None
     precision = resolve_precision(target, "int8" if w8a8 and precision is None else precision, from_bundle)
     facts = preflight(target, precision, bundle is not None, w8a8, tensorrt_version=tensorrt_version,
                       bank=bank_prompts is not None)
-    calibration, calibration_name = (read_prompts(calibration_file), calibration_file.name) if calibration_file \
-        else (load_split("calibration"), "calibration/calibration.txt")
-    evaluation = read_prompts(eval_prompts) if eval_prompts is not None else load_split("eval")
-    prompts = Prompts(_reference_prompts(reference_prompts), calibration[:calibration_limit], calibration_name,
-                      evaluation[::max(1, len(evaluation) // eval_limit)][:eval_limit], float_embedding,
+    calibration, calibration_name = calibration_set(calibration_file, calibration_limit)
+    prompts = Prompts(reference_set(reference_prompts), calibration, calibration_name,
+                      gate_set(eval_prompts, eval_limit), float_embedding,
                       read_prompts(bank_prompts) if bank_prompts else None, bank_dtype)
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics) if encoder else None
     result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,

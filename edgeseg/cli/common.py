@@ -98,18 +98,6 @@ def cli(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-def _reference_prompts(path: Path | None, count: int = 32) -> list[str]:
-    from edgeseg.fileio import read_prompts
-
-    if path is not None:
-        return read_prompts(path)
-    from edgeseg.corpus import load_split
-
-    prompts = load_split("eval")
-    step = max(1, len(prompts) // count)
-    return prompts[::step][:count]
-
-
 def _source(checkpoint: Path | None, seed: int, model=None) -> dict:
     from edgeseg.checkpoints import fingerprint
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import CONTEXT_HELP, ENCODER_HELP, POSITION_HELP, _note, cli
+from edgeseg.errors import require_extra
 
 
 @cli.command()
@@ -38,6 +39,7 @@ def convert(encoder: str, checkpoint: Path, to: str, out: Path, context_length: 
     edgeseg convert --encoder mobileclip-s0 --checkpoint sam3_litetext_s0.pt --to transformers --out s0-hf
     edgeseg convert --encoder mobileclip-s0 --checkpoint s0-hf --to edgeseg --out s0.safetensors
     """
+    require_extra("edgeseg convert", "build", "torch", "safetensors")
     from edgeseg.checkpoints.convert import convert_checkpoint
 
     summary = convert_checkpoint(encoder, checkpoint, to, out, context_length, position_table)

@@ -14,6 +14,7 @@ from edgeseg.cli.common import (
     _note,
     cli,
 )
+from edgeseg.errors import require_extra
 
 
 @cli.group(invoke_without_command=True)
@@ -23,9 +24,12 @@ from edgeseg.cli.common import (
 @click.option("--context-length", type=int, default=16, show_default=True,
               help="Student context length; the teacher's targets are computed on the same ids.")
 @click.option("--prompts", "prompts_files", multiple=True, type=click.Path(path_type=Path),
-              help="Training prompts (repeat for several files; default: calibration/distill.txt). " + PROMPTS_HELP)
+              help="Training prompts (repeat for several files; default: the shipped distill split). Prompts that "
+                   "equal a held-out prompt after normalization (the eval set, edgeseg's eval and reference splits) "
+                   "are dropped from training with a note; config.json counts them. " + PROMPTS_HELP)
 @click.option("--eval-prompts", type=click.Path(path_type=Path), default=None,
-              help="Held-out prompts (default: calibration/eval.txt); a training corpus overlapping them is refused.")
+              help="Your own held-out prompts to evaluate on (default: the shipped eval split); training prompts "
+                   "equal to one of them are dropped.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Train on at most N prompts of the corpus (lowest prompt-hash first).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -92,11 +96,12 @@ def distill(ctx: click.Context, **opts) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    if opts["student"] is None or opts["out"] is None:
+        raise click.UsageError("edgeseg distill needs --student NAME and --out RUNDIR")
+    require_extra("edgeseg distill", "build", "torch", "safetensors")
     from edgeseg.distill import DistillConfig
     from edgeseg.distill import distill as run_distill
 
-    if opts["student"] is None or opts["out"] is None:
-        raise click.UsageError("edgeseg distill needs --student NAME and --out RUNDIR")
     student_config = _json_option(opts.pop("student_config"), "--student-config")
     teacher_config = _json_option(opts.pop("teacher_config"), "--teacher-config")
     prompts = [str(p) for p in opts.pop("prompts_files")]
@@ -107,8 +112,11 @@ def distill(ctx: click.Context, **opts) -> None:
     first = summary.get("initial_eval") or {}
     if final:
         tag = " (random/synthetic teacher weights)" if summary.get("random_teacher") else ""
+        dropped = (summary.get("dropped_held_out") or {}).get("count", 0)
+        held = f"; {dropped} held-out prompt(s) dropped from training" if dropped else ""
         _note(f"eval mean token cosine {first.get('mean_cosine', float('nan')):.4f} -> {final['mean_cosine']:.4f}, "
-              f"worst prompt {final['worst_cosine']:.4f}{tag}; wrote {cfg.out}/student.safetensors")
+              f"worst prompt {final['worst_cosine']:.4f} on {summary.get('eval_prompts')} held-out prompts{tag}"
+              f"{held}; trained on {summary.get('train_prompts')} prompts; wrote {cfg.out}/student.safetensors")
 
 
 @distill.command("splice")
@@ -127,6 +135,7 @@ def distill_splice(sam3_path: Path, student_path: Path, out: Path, to: str) -> N
     Sam3LiteTextModel folder (config.json + model.safetensors, tokenizer files copied) that
     transformers loads with every key; it runs with transformers' padding (pad 49407, masked attention).
     """
+    require_extra("edgeseg distill splice", "build", "torch", "safetensors")
     from edgeseg.distill import splice_student, splice_transformers
 
     if to == "transformers":

@@ -21,7 +21,7 @@ from edgeseg.cli.common import (
     cli,
     semantics_option,
 )
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, require_extra
 
 
 @cli.command()
@@ -45,6 +45,7 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
     the checkpoint's layout (sam3, efficientsam3, transformers, edgeseg) and 'padding' the
     semantics it runs with (pad id, mask rule, students' attention).
     """
+    require_extra("edgeseg info --encoder", "build", "torch")
     from edgeseg.checkpoints import load_encoder
     from edgeseg.encoders import build_encoder
     from edgeseg.encoders.base import Padding
@@ -85,15 +86,13 @@ def tokenize(prompts_file: Path, context_length: int, out: Path, semantics: str)
     Prompts longer than the context are truncated with EOT kept last; the count is reported.
     """
     from edgeseg.fileio import check_output_folder, read_prompts
-    from edgeseg.tokenizer import get_tokenizer
+    from edgeseg.tokenizer import PAD_ID, TRANSFORMERS_PAD_ID, get_tokenizer
 
     if context_length < 2:
         raise EdgesegError(f"--context-length must be at least 2 (SOT and EOT), got {context_length}")
     prompts = read_prompts(prompts_file)
     check_output_folder(out)
-    from edgeseg.encoders.base import Padding
-
-    batch = get_tokenizer()(prompts, context_length, Padding.of(semantics).pad_id)
+    batch = get_tokenizer()(prompts, context_length, TRANSFORMERS_PAD_ID if semantics == "transformers" else PAD_ID)
     _write_npz(out, input_ids=batch.ids)
     _note(f"tokenized {len(prompts)} prompt(s) to [{len(prompts)}, {context_length}] "
           f"({batch.truncated} truncated) -> {out}")
@@ -136,6 +135,8 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
                            "fixes them)")
     if bank_file is not None and bundle is None:
         raise EdgesegError("--bank applies to --bundle (a bank belongs to the bundle it was built from)")
+    if encoder is not None:
+        require_extra("edgeseg encode --encoder", "build", "torch")
     prompts = read_prompts(prompts_file)
     check_output_folder(out)
     if bundle is not None:
@@ -181,6 +182,7 @@ def compare(prompts_file: Path, encoders: str, repeats: int, batch_size: int, th
     encoder's, per prompt (mean and worst). All encoders have RANDOM seeded weights here, so the
     cosine column only shows the pipeline runs; with random weights it is near 0 by construction.
     """
+    require_extra("edgeseg compare", "build", "torch")
     import torch
 
     from edgeseg.encode import compare_encoders

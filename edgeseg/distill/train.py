@@ -355,8 +355,11 @@ def baseline_cosine(train_targets: np.ndarray, train_ids: np.ndarray, ids: np.nd
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    from edgeseg.errors import optional_module
 
+    matplotlib = optional_module("matplotlib", f"{path.name}")
+    if matplotlib is None:
+        return
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
@@ -466,16 +469,50 @@ def _validate(cfg: DistillConfig) -> None:
         raise EdgesegError(f"--sources {cfg.sources} is not a folder")
 
 
-def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a distillation; returns the final summary written into ``config.json``."""
-    from edgeseg.corpus import _calibration_path, check_disjoint, load_split, normalize_prompt
-    from edgeseg.distill.cache import build_cache, check_teacher
+@dataclass
+class RunPrompts:
+    """The training and evaluation corpora of a run, and the held-out prompts dropped from training."""
+
+    train: Corpus
+    eval: Corpus
+    dropped: list[str]  # normalized training prompts that are held-out prompts (not trained on)
+
+
+def held_out_rule(custom_eval: bool) -> str:
+    own = "the --eval-prompts file, " if custom_eval else ""
+    return (f"training prompts equal after normalization to a prompt of {own}edgeseg's eval or reference "
+            "split are dropped")
+
+
+def prepare_prompts(cfg: DistillConfig, note: Callable[[str], None]) -> RunPrompts:
+    """Tokenized training and eval corpora; training prompts that are held-out prompts are dropped with a note.
+
+    Held out: the eval set in use (``--eval-prompts`` or the shipped eval split) and edgeseg's own
+    eval and reference splits (gates and bundle self-checks measure on them), compared after
+    :func:`edgeseg.corpus.normalize_prompt`. ``--limit`` applies to what is left.
+    """
+    from edgeseg.corpus import held_out_normalized, load_split
     from edgeseg.fileio import read_prompts
 
-    note = note or (lambda message: log.warning("%s", message))
-    out = Path(cfg.out)
-    _validate(cfg)
-    _check_out(out)
+    raw = [p for f in cfg.prompts for p in read_prompts(f)] if cfg.prompts else load_split("distill")
+    train = _prepare_corpus(raw, cfg.context_length)
+    eval_raw = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else load_split("eval")
+    evalc = _prepare_corpus(eval_raw, cfg.context_length)
+    held_out = held_out_normalized() | set(evalc.normalized)
+    keep = [i for i, n in enumerate(train.normalized) if n not in held_out]
+    dropped = [n for n in train.normalized if n in held_out]
+    train = _subset(Corpus([train.normalized[i] for i in keep], train.ids[keep]), cfg.limit)
+    if not train.normalized:
+        raise EdgesegError("the training corpus holds no prompts" + (
+            f" once its {len(dropped)} held-out prompt(s) are dropped" if dropped else ""))
+    if dropped:
+        shown = ", ".join(repr(t) for t in dropped[:3]) + (f" and {len(dropped) - 3} more" if len(dropped) > 3 else "")
+        note(f"dropped {len(dropped)} training prompt(s) that are held-out prompts after normalization ({shown}); "
+             f"{held_out_rule(bool(cfg.eval_prompts))}")
+    return RunPrompts(train, _subset(evalc, cfg.eval_limit), dropped)
+
+
+def _setup_device(cfg: DistillConfig) -> tuple[Dist, str, bool]:
     dist = init_distributed(cfg.device)
     device = cfg.device
     if torch.device(device).type == "cuda" and dist.enabled:
@@ -485,79 +522,60 @@ def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> di
     amp = on_cuda if cfg.amp is None else bool(cfg.amp and on_cuda)
     if dist.enabled and cfg.batch_size % dist.world:
         raise EdgesegError(f"--batch-size {cfg.batch_size} must be a multiple of the {dist.world} processes")
+    return dist, device, amp
 
-    # prompts: training corpus, eval corpus, and their disjointness
-    raw = [p for f in cfg.prompts for p in read_prompts(f)] if cfg.prompts else load_split("distill")
-    train = _subset(_prepare_corpus(raw, cfg.context_length), cfg.limit)
-    if not train.normalized:
-        raise EdgesegError("the training corpus holds no prompts")
-    eval_raw = read_prompts(cfg.eval_prompts) if cfg.eval_prompts else load_split("eval")
-    evalc = _prepare_corpus(eval_raw, cfg.context_length)
-    common = set(train.normalized) & set(evalc.normalized)
-    if cfg.eval_prompts and (_calibration_path() / "eval.txt").is_file():
-        # a custom eval set does not make the shipped held-out split trainable
-        common |= set(train.normalized) & {normalize_prompt(p) for p in load_split("eval")}
-    if common:
-        check_disjoint(sorted(common), sorted(common))
-    evalc = _subset(evalc, cfg.eval_limit)
 
-    # teacher identity and cache compatibility (reads only)
-    teacher_id = _teacher_id(cfg)
-    cache_dir = Path(cfg.cache) if cfg.cache else out / "cache"
-    check_teacher(cache_dir, teacher_id, cfg.context_length)
-
-    # resume state
+def _resume_state(out: Path, cfg: DistillConfig) -> dict[str, Any] | None:
+    """The checkpoint of an earlier run of the same settings in ``out`` (None: start afresh)."""
     ckpt_path = out / CHECKPOINT
-    resume = None
-    if ckpt_path.exists():
-        resume = load_checkpoint(ckpt_path)
-        old, now = json.loads(resume["config"]), _plain(cfg.computation())
-        if old != now:
-            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
-            raise EdgesegError(f"{out} holds a run with other settings ({', '.join(diff)}); use the same options "
-                               "to resume it, or another --out")
-    if (out / STUDENT).exists() and resume is not None and int(resume["step"]) >= cfg.steps:
-        summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
-        if dist.rank == 0:
-            note(f"{out} already holds the finished run ({cfg.steps} steps); nothing to do")
-        return summary
+    if not ckpt_path.exists():
+        return None
+    resume = load_checkpoint(ckpt_path)
+    old, now = json.loads(resume["config"]), _plain(cfg.computation())
+    if old != now:
+        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        raise EdgesegError(f"{out} holds a run with other settings ({', '.join(diff)}); use the same options "
+                           "to resume it, or another --out")
+    return resume
 
-    teacher_cache = {}
 
-    def teacher_factory():
-        return build_model(cfg.teacher, cfg.teacher_config, cfg.context_length, cfg.teacher_checkpoint,
-                           cfg.teacher_seed, device=device)
+def _check_teacher_file(cfg: DistillConfig) -> None:
+    """A corrupt or wrong teacher checkpoint must fail before anything is written."""
+    if cfg.teacher_checkpoint is None:
+        return
+    from edgeseg.checkpoints import read_checkpoint
 
-    if cfg.teacher_checkpoint is not None:
-        # a corrupt or wrong file must fail before anything is written
-        from edgeseg.checkpoints import read_checkpoint
+    found = read_checkpoint(cfg.teacher_checkpoint)
+    if cfg.teacher_config is None and found.looks_like != cfg.teacher:
+        raise EdgesegError(f"teacher checkpoint {cfg.teacher_checkpoint} holds "
+                           f"{found.looks_like or 'no known text encoder'}, not the {cfg.teacher} teacher")
 
-        found = read_checkpoint(cfg.teacher_checkpoint)
-        if cfg.teacher_config is None and found.looks_like != cfg.teacher:
-            raise EdgesegError(f"teacher checkpoint {cfg.teacher_checkpoint} holds "
-                               f"{found.looks_like or 'no known text encoder'}, not the {cfg.teacher} teacher")
-        del found
 
-    def shared_teacher():
+def _teacher_targets(cfg: DistillConfig, prompts: RunPrompts, teacher_id: str, cache_dir: Path, dist: Dist,
+                     device: str) -> tuple[Any, Any]:
+    """Phase 1: the teacher's memory for the training and eval corpora (cached, shared across ranks)."""
+    from edgeseg.distill.cache import build_cache
+
+    teacher_cache: dict[str, nn.Module] = {}
+
+    def shared_teacher() -> nn.Module:
         if "model" not in teacher_cache:
-            teacher_cache["model"] = teacher_factory()
+            teacher_cache["model"] = build_model(cfg.teacher, cfg.teacher_config, cfg.context_length,
+                                                 cfg.teacher_checkpoint, cfg.teacher_seed, device=device)
         return teacher_cache["model"]
 
-    if cfg.teacher_checkpoint is None and dist.rank == 0:
-        note(f"no --teacher-checkpoint: the {cfg.teacher} teacher has RANDOM weights (seed {cfg.teacher_seed}); "
-             "targets and every metric of this run come from random/synthetic weights")
-    if dist.rank == 0:
-        out.mkdir(exist_ok=True)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
     common_args = dict(context_length=cfg.context_length, batch_size=cfg.cache_batch_size, shard_size=cfg.shard_size,
                        rank=dist.rank, world=dist.world, barrier=dist.barrier if dist.enabled else None,
                        device=device, progress=cfg.progress)  # the teacher runs in fp32, also on CUDA
+    train, evalc = prompts.train, prompts.eval
     train_cache = build_cache(cache_dir, train.normalized, train.ids, teacher_id, shared_teacher, **common_args)
     eval_cache = build_cache(cache_dir, evalc.normalized, evalc.ids, teacher_id, shared_teacher, **common_args)
-    teacher_cache.clear()
+    return train_cache, eval_cache
 
-    # student, optimizer, schedule
+
+def _make_student(cfg: DistillConfig, resume: dict[str, Any] | None, device: str, dist: Dist,
+                  note: Callable[[str], None]) -> tuple[nn.Module, nn.Module, Any, Any, int]:
+    """The student (its DDP wrapper when distributed), optimizer, schedule and first step, resumed if asked."""
     seed_everything(cfg.seed)
     student = build_model(cfg.student, cfg.student_config, cfg.context_length, cfg.init, cfg.seed,
                           cfg.position_table, device=device)
@@ -578,128 +596,194 @@ def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> di
         set_rng_state(resume["rng"])
         start = int(resume["step"])
         if dist.rank == 0:
-            note(f"resuming {out} from step {start} of {cfg.steps}")
+            note(f"resuming {Path(cfg.out)} from step {start} of {cfg.steps}")
     model: nn.Module = student
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[dist.local_rank] if torch.device(device).type == "cuda" else None)
+    return student, model, opt, sched, start
 
-    metrics_path = out / METRICS
-    metrics: list[dict[str, Any]] = []
-    if dist.rank == 0:
-        if metrics_path.exists() and resume is not None:
-            lines = metrics_path.read_text(encoding="utf-8").splitlines()
-            metrics = [m for m in (json.loads(x) for x in lines if x.strip()) if m["step"] <= start]
-        with atomic_path(metrics_path) as tmp:
-            tmp.write_text("".join(json.dumps(m) + "\n" for m in metrics), encoding="utf-8")
-        config_doc = {"config": cfg.to_json(), "teacher": teacher_id, "random_teacher": cfg.teacher_checkpoint is None,
-                      "world_size": dist.world, "device": device, "amp": amp, "train_prompts": len(train.normalized),
-                      "eval_prompts": len(evalc.normalized), "train_cache": str(train_cache.folder),
-                      "eval_cache": str(eval_cache.folder), "encoder": getattr(student, "name", cfg.student),
-                      "context_length": cfg.context_length, "complete": False,
-                      "note": ("random/synthetic teacher weights" if cfg.teacher_checkpoint is None else None)}
-        _write_json(out / CONFIG, config_doc)
 
-    sources = source_map(cfg.sources) if cfg.sources and dist.rank == 0 else None
-    groups = eval_groups(eval_cache.ids, evalc.normalized, sources)
-    eval_targets = eval_cache.targets(np.arange(len(eval_cache)))
-    baseline = None
-    if dist.rank == 0:
-        sample = np.arange(min(len(train_cache), 4096))
-        baseline = baseline_cosine(train_cache.targets(sample), train_cache.ids[sample], eval_cache.ids, eval_targets)
+class _Recorder:
+    """metrics.jsonl, config.json, evaluations and curves of a run (rank 0 writes)."""
 
-    def log_metric(entry: dict[str, Any]) -> None:
-        metrics.append(entry)
-        with open(metrics_path, "a", encoding="utf-8") as fh:
+    def __init__(self, cfg: DistillConfig, out: Path, student: nn.Module, eval_cache: Any, groups: dict,
+                 baseline: float | None, device: str, amp: bool):
+        self.cfg, self.out, self.student, self.eval_cache, self.groups = cfg, out, student, eval_cache, groups
+        self.baseline, self.device, self.amp = baseline, device, amp
+        self.eval_targets = eval_cache.targets(np.arange(len(eval_cache)))
+        self.metrics: list[dict[str, Any]] = []
+        self.plotted = time.monotonic()
+
+    def start(self, start: int, resumed: bool, config_doc: dict[str, Any]) -> None:
+        path = self.out / METRICS
+        if path.exists() and resumed:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            self.metrics = [m for m in (json.loads(x) for x in lines if x.strip()) if m["step"] <= start]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(m) + "\n" for m in self.metrics), encoding="utf-8")
+        _write_json(self.out / CONFIG, config_doc)
+
+    def log(self, entry: dict[str, Any]) -> None:
+        self.metrics.append(entry)
+        with open(self.out / METRICS, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
 
-    def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate(student, eval_cache.ids, eval_targets, groups, cfg.eval_batch_size, device, amp)
-        entry = {"kind": "eval", "step": step, **result, "baseline_mean_cosine": baseline,
+    def evaluate(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        result = evaluate(self.student, self.eval_cache.ids, self.eval_targets, self.groups, cfg.eval_batch_size,
+                          self.device, self.amp)
+        entry = {"kind": "eval", "step": step, **result, "baseline_mean_cosine": self.baseline,
                  "weights": "random/synthetic teacher" if cfg.teacher_checkpoint is None else "teacher checkpoint"}
-        if not any(m["kind"] == "eval" and m["step"] == step for m in metrics):
-            log_metric(entry)
-        if time.monotonic() - plotted[0] > PLOT_EVERY_S:  # matplotlib is slow: at most every few minutes
-            plot()
+        if not any(m["kind"] == "eval" and m["step"] == step for m in self.metrics):
+            self.log(entry)
+        if time.monotonic() - self.plotted > PLOT_EVERY_S:  # matplotlib is slow: at most every few minutes
+            self.plot()
         return entry
 
-    def plot() -> None:
-        plot_curves(metrics, out / CURVES, f"{cfg.student} distillation"
-                    + (" (random/synthetic teacher weights)" if cfg.teacher_checkpoint is None else ""))
-        plotted[0] = time.monotonic()
+    def plot(self) -> None:
+        tag = " (random/synthetic teacher weights)" if self.cfg.teacher_checkpoint is None else ""
+        plot_curves(self.metrics, self.out / CURVES, f"{self.cfg.student} distillation{tag}")
+        self.plotted = time.monotonic()
 
-    plotted = [time.monotonic()]
 
-    if dist.rank == 0 and start == 0:
-        first = run_eval(0)
-        log.info("step 0: eval mean cosine %.4f", first["mean_cosine"])
-    dist.barrier()
-
-    order = BatchOrder(len(train_cache), cfg.batch_size, cfg.seed)
+def _train_steps(cfg: DistillConfig, model: nn.Module, student: nn.Module, opt: Any, sched: Any, train_cache: Any,
+                 start: int, dist: Dist, device: str, amp: bool, rec: _Recorder | None) -> None:
+    """Phase 2: optimizer steps ``start .. cfg.steps``, with logging, evaluation and checkpoints."""
     from tqdm import tqdm
 
+    order = BatchOrder(len(train_cache), cfg.batch_size, cfg.seed)
     bar = tqdm(total=cfg.steps, initial=start, unit="step", desc="distill",
                disable=not (cfg.progress and dist.rank == 0), dynamic_ncols=True)
     window: list[float] = []
-    last_eval = None
-    started = time.perf_counter()
     for step in range(start, cfg.steps):
-        rows = order.rows(step)
-        global_valid = float(max(1, int((train_cache.ids[np.sort(rows)] != 0).sum())))
-        local = rows[dist.rank :: dist.world]
-        ids = torch.from_numpy(np.asarray(train_cache.ids[local], dtype=np.int64)).to(device)
-        target = torch.from_numpy(train_cache.targets(local)).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            memory, mask = model(student.padding.repad(ids))  # the corpus is padded with 0
-        loss_sum, mse_sum, cos_sum = token_loss_sums(memory, target, ~mask, cfg.mse_weight, cfg.cos_weight)
-        loss = loss_sum / global_valid * dist.world
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        stats, grad_norm = _train_step(cfg, model, student, opt, sched, train_cache, order.rows(step), dist, device,
+                                       amp)
         done = step + 1
-        stats = torch.stack([loss_sum.detach(), mse_sum.detach(), cos_sum.detach()]).float()
-        if dist.enabled:
-            torch.distributed.all_reduce(stats)
-        stats = (stats / global_valid).cpu().tolist()
         window.append(time.perf_counter())
         bar.update(1)
-        if dist.rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
+        if rec is not None and (done % cfg.log_every == 0 or done == cfg.steps):
             rate = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 else float("nan")
             window = window[-1:]
-            log_metric({"kind": "train", "step": done, "loss": stats[0], "mse": stats[1], "one_minus_cos": stats[2],
-                        "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "steps_per_s": rate})
+            rec.log({"kind": "train", "step": done, "loss": stats[0], "mse": stats[1], "one_minus_cos": stats[2],
+                     "lr": sched.get_last_lr()[0], "grad_norm": grad_norm, "steps_per_s": rate})
             bar.set_postfix(loss=f"{stats[0]:.4f}")
         if cfg.throttle:
             time.sleep(cfg.throttle)
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            if dist.rank == 0:
-                last_eval = run_eval(done)
-                bar.write(f"step {done}: eval mean token cosine {last_eval['mean_cosine']:.4f} "
-                          f"(worst {last_eval['worst_cosine']:.4f})")
+            if rec is not None:
+                last = rec.evaluate(done)
+                bar.write(f"step {done}: eval mean token cosine {last['mean_cosine']:.4f} "
+                          f"(worst {last['worst_cosine']:.4f})")
             dist.barrier()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             if dist.rank == 0:
-                save_checkpoint(ckpt_path, student, opt, sched, done, cfg, dist.world)
+                save_checkpoint(Path(cfg.out) / CHECKPOINT, student, opt, sched, done, cfg, dist.world)
             dist.barrier()
     bar.close()
-    elapsed = time.perf_counter() - started
 
-    summary: dict[str, Any] = {}
+
+def _train_step(cfg: DistillConfig, model: nn.Module, student: nn.Module, opt: Any, sched: Any, train_cache: Any,
+                rows: np.ndarray, dist: Dist, device: str, amp: bool) -> tuple[list[float], float]:
+    """One optimizer step on the global batch ``rows`` (this rank's share); loss sums per valid token, clip norm."""
+    global_valid = float(max(1, int((train_cache.ids[np.sort(rows)] != 0).sum())))
+    local = rows[dist.rank :: dist.world]
+    ids = torch.from_numpy(np.asarray(train_cache.ids[local], dtype=np.int64)).to(device)
+    target = torch.from_numpy(train_cache.targets(local)).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        memory, mask = model(student.padding.repad(ids))  # the corpus is padded with 0
+    loss_sum, mse_sum, cos_sum = token_loss_sums(memory, target, ~mask, cfg.mse_weight, cfg.cos_weight)
+    loss = loss_sum / global_valid * dist.world
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+    opt.step()
+    sched.step()
+    stats = torch.stack([loss_sum.detach(), mse_sum.detach(), cos_sum.detach()]).float()
+    if dist.enabled:
+        torch.distributed.all_reduce(stats)
+    return (stats / global_valid).cpu().tolist(), float(grad_norm)
+
+
+def _config_doc(cfg: DistillConfig, teacher_id: str, dist: Dist, device: str, amp: bool, prompts: RunPrompts,
+                train_cache: Any, eval_cache: Any, student: nn.Module) -> dict[str, Any]:
+    return {"config": cfg.to_json(), "teacher": teacher_id, "random_teacher": cfg.teacher_checkpoint is None,
+            "world_size": dist.world, "device": device, "amp": amp, "train_prompts": len(prompts.train.normalized),
+            "eval_prompts": len(prompts.eval.normalized),
+            "dropped_held_out": {"count": len(prompts.dropped), "examples": prompts.dropped[:10],
+                                 "rule": held_out_rule(bool(cfg.eval_prompts))},
+            "train_cache": str(train_cache.folder), "eval_cache": str(eval_cache.folder),
+            "encoder": getattr(student, "name", cfg.student), "context_length": cfg.context_length,
+            "complete": False, "note": ("random/synthetic teacher weights" if cfg.teacher_checkpoint is None else None)}
+
+
+def _recorder(cfg: DistillConfig, out: Path, student: nn.Module, train_cache: Any, eval_cache: Any,
+              prompts: RunPrompts, device: str, amp: bool) -> _Recorder:
+    sources = source_map(cfg.sources) if cfg.sources else None
+    groups = eval_groups(eval_cache.ids, prompts.eval.normalized, sources)
+    rec = _Recorder(cfg, out, student, eval_cache, groups, None, device, amp)
+    sample = np.arange(min(len(train_cache), 4096))
+    rec.baseline = baseline_cosine(train_cache.targets(sample), train_cache.ids[sample], eval_cache.ids,
+                                   rec.eval_targets)
+    return rec
+
+
+def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) a distillation; returns the final summary written into ``config.json``."""
+    from edgeseg.distill.cache import check_teacher
+
+    note = note or (lambda message: log.warning("%s", message))
+    out = Path(cfg.out)
+    _validate(cfg)
+    _check_out(out)
+    dist, device, amp = _setup_device(cfg)
+    prompts = prepare_prompts(cfg, note if dist.rank == 0 else (lambda message: None))
+    teacher_id = _teacher_id(cfg)  # teacher identity and cache compatibility (reads only)
+    cache_dir = Path(cfg.cache) if cfg.cache else out / "cache"
+    check_teacher(cache_dir, teacher_id, cfg.context_length)
+    resume = _resume_state(out, cfg)
+    if (out / STUDENT).exists() and resume is not None and int(resume["step"]) >= cfg.steps:
+        if dist.rank == 0:
+            note(f"{out} already holds the finished run ({cfg.steps} steps); nothing to do")
+        return json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    _check_teacher_file(cfg)
+    if cfg.teacher_checkpoint is None and dist.rank == 0:
+        note(f"no --teacher-checkpoint: the {cfg.teacher} teacher has RANDOM weights (seed {cfg.teacher_seed}); "
+             "targets and every metric of this run come from random/synthetic weights")
     if dist.rank == 0:
-        from edgeseg.checkpoints import save_encoder
+        out.mkdir(exist_ok=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    train_cache, eval_cache = _teacher_targets(cfg, prompts, teacher_id, cache_dir, dist, device)
 
-        save_encoder(student, out / STUDENT)
-        plot()
-        evals = [m for m in metrics if m["kind"] == "eval"]
-        summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
-        summary.update({"complete": True, "steps_done": cfg.steps, "train_seconds_this_process": round(elapsed, 1),
-                        "initial_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None})
-        _write_json(out / CONFIG, summary)
+    student, model, opt, sched, start = _make_student(cfg, resume, device, dist, note)
+    rec = None
+    if dist.rank == 0:
+        rec = _recorder(cfg, out, student, train_cache, eval_cache, prompts, device, amp)
+        rec.start(start, resume is not None, _config_doc(cfg, teacher_id, dist, device, amp, prompts, train_cache,
+                                                          eval_cache, student))
+        if start == 0:
+            log.info("step 0: eval mean cosine %.4f", rec.evaluate(0)["mean_cosine"])
+    dist.barrier()
+    started = time.perf_counter()
+    _train_steps(cfg, model, student, opt, sched, train_cache, start, dist, device, amp, rec)
+    summary = _finish(cfg, out, student, rec, time.perf_counter() - started) if rec is not None else {}
     dist.barrier()
     if dist.enabled:
         torch.distributed.destroy_process_group()
+    return summary
+
+
+def _finish(cfg: DistillConfig, out: Path, student: nn.Module, rec: _Recorder, elapsed: float) -> dict[str, Any]:
+    from edgeseg.checkpoints import save_encoder
+
+    save_encoder(student, out / STUDENT)
+    rec.plot()
+    evals = [m for m in rec.metrics if m["kind"] == "eval"]
+    summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    summary.update({"complete": True, "steps_done": cfg.steps, "train_seconds_this_process": round(elapsed, 1),
+                    "initial_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None})
+    _write_json(out / CONFIG, summary)
     return summary
 
 

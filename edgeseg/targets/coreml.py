@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.bundle import REFERENCE, bundle_writer, finalize, reference_entry, save_reference, tool_versions
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, MissingExtra
 from edgeseg.outputs import token_fidelity
 from edgeseg.tokenizer import MASK_RULES, get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
@@ -80,9 +80,10 @@ def require_coremltools():
             warnings.simplefilter("ignore")
             logging.getLogger("coremltools").setLevel(logging.ERROR)
             import coremltools as ct
-    except ImportError as exc:
-        raise EdgesegError("coremltools not found: pip install coremltools (edgeseg's [coreml] extra) to build "
-                           "--target coreml") from exc
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "coremltools":
+            raise
+        raise MissingExtra("--target coreml", "coreml", ["coremltools"]) from exc
     return ct
 
 
