@@ -9,12 +9,11 @@ statistics included), so outputs exercise every path.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import import_transformers  # noqa: F401  (re-exported for the parity test modules)
+from conftest import import_transformers, randomize_  # noqa: F401  (import_transformers: for the test modules)
 
 TINY_VISION = {"model_type": "sam3_vision_model", "fpn_hidden_size": 32,
                "backbone_feature_sizes": [[16, 16], [8, 8], [4, 4]],
@@ -46,24 +45,6 @@ def tiny_student_text(rows: int = 77, repmixer: bool = True, layers: int = 4) ->
 
 PROMPTS = ["a dog", "the leftmost child wearing blue vest", "wow!$ sign", "", "a player in white " * 6,
            "two cats", "Tom & Jerry's cat", "2024 cars"]
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every float tensor random at a sane scale (BatchNorm variances positive, layer scales O(1))."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.is_floating_point():
-                continue
-            value = torch.randn(tensor.shape, generator=gen)
-            if name.endswith("running_var"):
-                value = value.abs() + 0.5
-            elif name.endswith("layer_scale"):
-                value = value * 0.5
-            elif tensor.dim() >= 2 and "embedding" not in name:
-                value = value / math.sqrt(tensor.shape[1] * (tensor.shape[-1] if tensor.dim() == 4 else 1))
-            tensor.copy_(value)
-    return model
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):
