@@ -480,42 +480,18 @@ def run(paths: Sequence[str | Path], out: str | Path, *, contexts: Sequence[int]
     """``edgeseg analyze``: read, measure, plot, write ``out/`` atomically; returns analysis.json's dict."""
     from tqdm import tqdm
 
-    from edgeseg import __version__
-    from edgeseg.fileio import atomic_path, check_output_folder
-
     started = time.perf_counter()
     timing: dict[str, float] = {}
-    if not 0.0 < max_truncation <= 1.0:
-        raise EdgesegError(f"--max-truncation must be in (0, 1], got {max_truncation}")
-    if not 0.0 < coverage <= 1.0:
-        raise EdgesegError(f"--coverage must be in (0, 1], got {coverage}")
-    if embedding and sample < 3:
-        raise EdgesegError(f"--sample must be at least 3 (TwoNN needs 3 points), got {sample}")
-    contexts = sorted(set(int(c) for c in contexts))
-    if not contexts or not all(2 <= c <= MAX_CONTEXT for c in contexts):
-        raise EdgesegError(f"context lengths must be 2..{MAX_CONTEXT}, got {contexts}")
+    contexts = _check_options(out, contexts, embedding, sample, max_truncation, coverage)
     out = Path(out)
-    check_output_folder(out)
-    if out.exists() and not out.is_dir():
-        raise EdgesegError(f"--out {out} exists and is not a folder")
+    if not embedding and checkpoint is not None:
+        note("--no-embedding: --teacher-checkpoint is not used")
 
     t0 = time.perf_counter()
     sources = read_sources(paths)
     timing["read"] = time.perf_counter() - t0
     total_prompts = sum(len(p) for p in sources.values())
-
-    model = None
-    weights = "random" if checkpoint is None else Path(checkpoint).name
-    label = f"RANDOM WEIGHTS (seed {seed}): not meaningful" if checkpoint is None else f"weights {weights}"
-    if embedding:
-        from edgeseg.checkpoints import load_encoder
-
-        t0 = time.perf_counter()
-        model = load_encoder(encoder, checkpoint, None, seed=seed)  # fails before the long work
-        timing["model"] = time.perf_counter() - t0
-        if checkpoint is None:
-            note(f"no --teacher-checkpoint given: {encoder} has RANDOM weights (seed {seed}); "
-                 "the embedding part is not meaningful")
+    model = _embedding_model(encoder, checkpoint, seed, timing, note) if embedding else None
 
     t0 = time.perf_counter()
     with tqdm(total=total_prompts, unit="prompt", desc="tokenize", disable=None, leave=False) as bar:
@@ -529,51 +505,107 @@ def run(paths: Sequence[str | Path], out: str | Path, *, contexts: Sequence[int]
 
     if model is not None:
         t0 = time.perf_counter()
-        chosen = sample_prompts(corpus, sample, seed)
-        if len(chosen) < 3:
-            raise EdgesegError("the embedding part needs at least 3 prompts with distinct tokens; use --no-embedding")
-        if len(chosen) < sample:
-            note(f"--sample {sample}: the corpus has only {len(chosen)} prompts with distinct tokens; using all")
-        with tqdm(total=len(chosen), unit="prompt", desc=encoder, disable=None, leave=False) as bar:
-            vectors, truncated = pooled_memory(model, chosen, progress=bar.update)
-        emb = embedding_stats(vectors)
-        emb.update({
-            "encoder": encoder,
-            "weights": weights,
-            "label": label,
-            "seed": seed,
-            "context_length": model.context_length,
-            "sample": len(chosen),
-            "sample_rule": "distinct token sequences, uniform without replacement, numpy default_rng(seed)",
-            "sample_truncated": int(truncated),
-            "paper_intrinsic_dimension": PAPER["intrinsic_dimension"],
-        })
-        result["embedding"] = emb
+        result["embedding"] = _embedding_part(model, corpus, encoder, checkpoint, sample, seed, note)
         timing["embedding"] = time.perf_counter() - t0
     else:
         result["embedding"] = {"skipped": "--no-embedding"}
 
-    result = {
+    inputs = {
+        "files": [{"name": name, "path": str(path), "prompts": len(sources[name]),
+                   "unique_prompts": int(corpus.sources[name][0].size)}
+                  for name, path in zip(sources, paths)],
+        "prompts": total_prompts, "unique_prompts": len(corpus.texts), "contexts": contexts,
+        "max_truncation": max_truncation, "coverage": coverage, "seed": seed,
+        "sample": sample if embedding else None, "encoder": encoder if embedding else None,
+    }
+    result = _document(inputs, result)
+    _write_outputs(out, result, counts, overall_hist, timing, started)
+    return result
+
+
+def _check_options(out: str | Path, contexts: Sequence[int], embedding: bool, sample: int, max_truncation: float,
+                   coverage: float) -> list[int]:
+    """Refuse bad options and an unusable ``out`` before any work; returns the sorted context lengths."""
+    from edgeseg.fileio import check_output_folder
+
+    if not 0.0 < max_truncation <= 1.0:
+        raise EdgesegError(f"--max-truncation must be in (0, 1], got {max_truncation}")
+    if not 0.0 < coverage <= 1.0:
+        raise EdgesegError(f"--coverage must be in (0, 1], got {coverage}")
+    if embedding and sample < 3:
+        raise EdgesegError(f"--sample must be at least 3 (TwoNN needs 3 points), got {sample}")
+    contexts = sorted(set(int(c) for c in contexts))
+    if not contexts or not all(2 <= c <= MAX_CONTEXT for c in contexts):
+        raise EdgesegError(f"context lengths must be 2..{MAX_CONTEXT}, got {contexts}")
+    out = Path(out)
+    check_output_folder(out)
+    if out.exists() and not out.is_dir():
+        raise EdgesegError(f"--out {out} exists and is not a folder")
+    return contexts
+
+
+def _embedding_model(encoder: str, checkpoint: str | Path | None, seed: int, timing: dict[str, float],
+                     note: Callable[[str], None]):
+    """The encoder of the embedding part, built before the long work so that a bad checkpoint fails first."""
+    from edgeseg.checkpoints import load_encoder
+
+    t0 = time.perf_counter()
+    model = load_encoder(encoder, checkpoint, None, seed=seed)
+    timing["model"] = time.perf_counter() - t0
+    if checkpoint is None:
+        note(f"no --teacher-checkpoint given: {encoder} has RANDOM weights (seed {seed}); "
+             "the embedding part is not meaningful")
+    return model
+
+
+def _embedding_part(model, corpus: TokenizedCorpus, encoder: str, checkpoint: str | Path | None, sample: int,
+                    seed: int, note: Callable[[str], None]) -> dict[str, Any]:
+    """PCA and TwoNN of the pooled memory of a seeded sample of the corpus, with what produced them."""
+    from tqdm import tqdm
+
+    weights = "random" if checkpoint is None else Path(checkpoint).name
+    label = f"RANDOM WEIGHTS (seed {seed}): not meaningful" if checkpoint is None else f"weights {weights}"
+    chosen = sample_prompts(corpus, sample, seed)
+    if len(chosen) < 3:
+        raise EdgesegError("the embedding part needs at least 3 prompts with distinct tokens; use --no-embedding")
+    if len(chosen) < sample:
+        note(f"--sample {sample}: the corpus has only {len(chosen)} prompts with distinct tokens; using all")
+    with tqdm(total=len(chosen), unit="prompt", desc=encoder, disable=None, leave=False) as bar:
+        vectors, truncated = pooled_memory(model, chosen, progress=bar.update)
+    emb = embedding_stats(vectors)
+    emb.update({
+        "encoder": encoder,
+        "weights": weights,
+        "label": label,
+        "seed": seed,
+        "context_length": model.context_length,
+        "sample": len(chosen),
+        "sample_rule": "distinct token sequences, uniform without replacement, numpy default_rng(seed)",
+        "sample_truncated": int(truncated),
+        "paper_intrinsic_dimension": PAPER["intrinsic_dimension"],
+    })
+    return emb
+
+
+def _document(inputs: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """analysis.json's dict: the tool, definitions and inputs, the measurements, the paper's figures."""
+    from edgeseg import __version__
+
+    return {
         "tool": "edgeseg analyze",
         "version": __version__,
         "definitions": DEFINITIONS,
-        "inputs": {
-            "files": [{"name": name, "path": str(path), "prompts": len(sources[name]),
-                       "unique_prompts": int(corpus.sources[name][0].size)}
-                      for name, path in zip(sources, paths)],
-            "prompts": total_prompts,
-            "unique_prompts": len(corpus.texts),
-            "contexts": contexts,
-            "max_truncation": max_truncation,
-            "coverage": coverage,
-            "seed": seed,
-            "sample": sample if embedding else None,
-            "encoder": encoder if embedding else None,
-        },
+        "inputs": inputs,
         **result,
         "paper": {"contexts": {str(k): v for k, v in PAPER["contexts"].items()},
                   **{k: v for k, v in PAPER.items() if k != "contexts"}},
     }
+
+
+def _write_outputs(out: Path, result: dict[str, Any], counts: np.ndarray, overall_hist: np.ndarray,
+                   timing: dict[str, float], started: float) -> None:
+    """vocabulary.txt, the plots, report.md and analysis.json into ``out``, all or nothing."""
+    from edgeseg.fileio import atomic_path
 
     t0 = time.perf_counter()
     with atomic_path(out, directory=True) as tmp:
@@ -588,7 +620,16 @@ def run(paths: Sequence[str | Path], out: str | Path, *, contexts: Sequence[int]
         result["timing_s"] = timing
         (tmp / "report.md").write_text(render_report(result), encoding="utf-8")
         (tmp / "analysis.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    return result
+
+
+def summary_line(result: dict[str, Any], out: str | Path) -> str:
+    """One line on a finished analysis: what was read, how long it took, what is recommended."""
+    timing, rec, inputs = result["timing_s"], result["recommendation"], result["inputs"]
+    emb = f", embedding {timing['embedding']:.1f} s" if "embedding" in timing else ""
+    return (f"analyzed {inputs['prompts']:,} prompt(s) ({inputs['unique_prompts']:,} distinct) from "
+            f"{len(inputs['files'])} file(s): length+vocabulary {timing['length_and_vocabulary']:.1f} s{emb}, total "
+            f"{timing['total']:.1f} s; recommended context {rec['context_length']}, vocabulary "
+            f"{rec['vocabulary']['vocabulary_size']:,} ids at {rec['vocabulary']['coverage']:.1%} coverage -> {out}")
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -609,10 +650,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def render_report(result: dict[str, Any]) -> str:
     """``report.md`` from analysis.json's dict."""
-    inputs, overall = result["inputs"], result["lengths"]["overall"]
-    rec, vocab = result["recommendation"], result["vocabulary"]
-    emb = result["embedding"]
-    timing = result["timing_s"]
+    lines = _report_header(result)
+    lines += ["## Definitions", ""]
+    lines += [f"- **{key.replace('_', ' ')}**: {text}" for key, text in result["definitions"].items()]
+    lines += _report_lengths(result)
+    lines += _report_vocabulary(result["vocabulary"])
+    lines += _report_embedding(result["embedding"])
+    lines += _report_recommendation(result["recommendation"], result["vocabulary"])
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in result["outputs"] if name.endswith(".png")]
+    return "\n".join(lines) + "\n"
+
+
+def _report_header(result: dict[str, Any]) -> list[str]:
+    inputs, emb, timing = result["inputs"], result["embedding"], result["timing_s"]
     lines = ["# Prompt anatomy", ""]
     lines.append(f"{inputs['prompts']:,} prompts ({inputs['unique_prompts']:,} distinct lines) from "
                  f"{len(inputs['files'])} file(s): " + ", ".join(f"`{f['path']}`" for f in inputs["files"]) + ".")
@@ -625,11 +676,12 @@ def render_report(result: dict[str, Any]) -> str:
     lines += ["", f"Time: length and vocabulary parts {timing['length_and_vocabulary']:.1f} s "
               f"(read {timing['read']:.1f} s, tokenize {timing['tokenize']:.1f} s, statistics "
               f"{timing['statistics']:.1f} s){extra}, total {timing['total']:.1f} s.", ""]
+    return lines
 
-    lines += ["## Definitions", ""]
-    lines += [f"- **{key.replace('_', ' ')}**: {text}" for key, text in result["definitions"].items()]
 
-    lines += ["", "## Length anatomy", ""]
+def _report_lengths(result: dict[str, Any]) -> list[str]:
+    inputs, overall, vocab = result["inputs"], result["lengths"]["overall"], result["vocabulary"]
+    lines = ["", "## Length anatomy", ""]
     p = overall["percentiles"]
     lines.append(f"Overall: mean length {overall['mean_length']:.2f} tokens with SOT/EOT "
                  f"({overall['mean_content_tokens']:.2f} without); median {p['p50']}, p90 {p['p90']}, p95 {p['p95']}, "
@@ -668,8 +720,11 @@ def render_report(result: dict[str, Any]) -> str:
                      s["recommended_context"] if s["recommended_context"] is not None else "none",
                      f"{s.get('distinct_tokens', vocab['distinct_tokens']):,}"])
     lines += _table(header, body)
+    return lines
 
-    lines += ["", "## Vocabulary anatomy", ""]
+
+def _report_vocabulary(vocab: dict[str, Any]) -> list[str]:
+    lines = ["", "## Vocabulary anatomy", ""]
     lines.append(f"{vocab['distinct_tokens']:,} distinct token ids of {vocab['vocabulary_size']:,} are used "
                  f"({_pct(vocab['distinct_tokens'] / vocab['vocabulary_size'])}), over "
                  f"{vocab['occurrences']:,} content-token occurrences.")
@@ -679,8 +734,11 @@ def render_report(result: dict[str, Any]) -> str:
                      for r in vocab["coverage"]])
     lines += ["", "`vocabulary.txt` lists the 100% set, one `id<TAB>token` per line, ids ascending: all 512 "
               "byte-level ids (0-511), SOT/EOT and every id the corpus uses.", ""]
+    return lines
 
-    lines += ["## Embedding anatomy", ""]
+
+def _report_embedding(emb: dict[str, Any]) -> list[str]:
+    lines = ["## Embedding anatomy", ""]
     if "skipped" in emb:
         lines.append("Skipped (--no-embedding).")
     else:
@@ -699,7 +757,11 @@ def render_report(result: dict[str, Any]) -> str:
                      "trained teacher." + (" These are random weights: the figures describe an untrained network on "
                                            "this sample, not what the teacher learned; pass --teacher-checkpoint "
                                            "to compare." if emb["weights"] == "random" else ""))
-    lines += ["", "## Recommendation", ""]
+    return lines
+
+
+def _report_recommendation(rec: dict[str, Any], vocab: dict[str, Any]) -> list[str]:
+    lines = ["", "## Recommendation", ""]
     at = rec["at_recommended"]
     if rec["context_length"] is None:
         lines.append(f"- Context length: no L in {rec['searched'][0]}..{rec['searched'][1]} truncates fewer than "
@@ -715,9 +777,7 @@ def render_report(result: dict[str, Any]) -> str:
     lines.append(f"- Vocabulary: {v['vocabulary_size']:,} ids cover {_pct(v['coverage'], 1)} of occurrences "
                  f"({v['corpus_tokens']:,} corpus ids + bytes + SOT/EOT); {f['vocabulary_size']:,} cover 100% "
                  f"({f['corpus_tokens']:,} corpus ids), of {vocab['vocabulary_size']:,}.")
-    lines += ["", "## Plots", ""]
-    lines += [f"![{name}]({name})" for name in result["outputs"] if name.endswith(".png")]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -729,12 +789,20 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
     if matplotlib is None:
         return []
     matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    _plot_lengths(result, hist, folder)
+    _plot_contexts(result, folder)
+    _plot_vocabulary(counts, folder)
+    names = ["lengths.png", "contexts.png", "vocabulary.png"]
+    if "skipped" not in result["embedding"]:
+        _plot_embedding(result["embedding"], folder)
+        names.append("embedding.png")
+    return names
 
-    names = []
+
+def _plot_lengths(result: dict[str, Any], hist: np.ndarray, folder: Path) -> None:
+    from matplotlib.figure import Figure  # write_plots checked that matplotlib is installed
+
     contexts = result["inputs"]["contexts"]
-    emb = result["embedding"]
-
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     n = np.arange(hist.size)
@@ -747,7 +815,10 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
     ax.set_ylabel("fraction of prompts")
     ax.set_title(f"Token lengths: {result['inputs']['prompts']:,} prompts")
     fig.savefig(folder / "lengths.png", dpi=110)
-    names.append("lengths.png")
+
+
+def _plot_contexts(result: dict[str, Any], folder: Path) -> None:
+    from matplotlib.figure import Figure  # write_plots checked that matplotlib is installed
 
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -771,7 +842,10 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
     ax.legend(fontsize=8)
     ax.set_title("Packing vs context length")
     fig.savefig(folder / "contexts.png", dpi=110)
-    names.append("contexts.png")
+
+
+def _plot_vocabulary(counts: np.ndarray, folder: Path) -> None:
+    from matplotlib.figure import Figure  # write_plots checked that matplotlib is installed
 
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -785,29 +859,29 @@ def write_plots(result: dict[str, Any], counts: np.ndarray, hist: np.ndarray, fo
     ax.set_ylabel("coverage of token occurrences")
     ax.set_title(f"Vocabulary coverage: {int((counts > 0).sum()):,} of {VOCAB_SIZE:,} ids used")
     fig.savefig(folder / "vocabulary.png", dpi=110)
-    names.append("vocabulary.png")
 
-    if "skipped" not in emb:
-        fig = Figure(figsize=(10, 4.5), layout="constrained")
-        left, right = fig.subplots(1, 2)
-        ratios = np.asarray(emb["pca"]["explained_variance_ratio"])
-        left.plot(np.arange(1, ratios.size + 1), np.cumsum(ratios), color="tab:purple")
-        for d in emb["pca"]["dimensions"]:
-            left.axhline(d["variance"], color="gray", linestyle=":", linewidth=1)
-        left.set_xlabel("principal components")
-        left.set_ylabel("cumulative explained variance")
-        left.set_title("PCA of pooled memory")
-        tw = emb["twonn"]
-        xs, ys = np.asarray(tw["fit"]["log_mu"]), np.asarray(tw["fit"]["minus_log_survival"])
-        right.scatter(xs, ys, s=6, color="tab:purple")
-        if xs.size and tw["dimension"] is not None:
-            right.plot([0, xs.max()], [0, tw["dimension"] * xs.max()], color="black",
-                       label=f"slope d = {tw['dimension']:.1f}")
-            right.legend(fontsize=8)
-        right.set_xlabel("log(mu), mu = r2 / r1")
-        right.set_ylabel("-log(1 - F(mu))")
-        right.set_title("TwoNN (Facco et al. 2017)")
-        fig.suptitle(f"{emb['encoder']}, {emb['sample']} prompts: {emb['label']}")
-        fig.savefig(folder / "embedding.png", dpi=110)
-        names.append("embedding.png")
-    return names
+
+def _plot_embedding(emb: dict[str, Any], folder: Path) -> None:
+    from matplotlib.figure import Figure  # write_plots checked that matplotlib is installed
+
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    ratios = np.asarray(emb["pca"]["explained_variance_ratio"])
+    left.plot(np.arange(1, ratios.size + 1), np.cumsum(ratios), color="tab:purple")
+    for d in emb["pca"]["dimensions"]:
+        left.axhline(d["variance"], color="gray", linestyle=":", linewidth=1)
+    left.set_xlabel("principal components")
+    left.set_ylabel("cumulative explained variance")
+    left.set_title("PCA of pooled memory")
+    tw = emb["twonn"]
+    xs, ys = np.asarray(tw["fit"]["log_mu"]), np.asarray(tw["fit"]["minus_log_survival"])
+    right.scatter(xs, ys, s=6, color="tab:purple")
+    if xs.size and tw["dimension"] is not None:
+        right.plot([0, xs.max()], [0, tw["dimension"] * xs.max()], color="black",
+                   label=f"slope d = {tw['dimension']:.1f}")
+        right.legend(fontsize=8)
+    right.set_xlabel("log(mu), mu = r2 / r1")
+    right.set_ylabel("-log(1 - F(mu))")
+    right.set_title("TwoNN (Facco et al. 2017)")
+    fig.suptitle(f"{emb['encoder']}, {emb['sample']} prompts: {emb['label']}")
+    fig.savefig(folder / "embedding.png", dpi=110)

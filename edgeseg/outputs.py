@@ -55,3 +55,35 @@ def token_fidelity(candidate: np.ndarray, reference: np.ndarray, mask: np.ndarra
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "prompts": int(len(per_prompt)),
     }
+
+
+def retrieval(candidate: np.ndarray, reference: np.ndarray, chunk: int = 1024) -> dict[str, float]:
+    """How well each candidate vector retrieves its own reference vector among all references.
+
+    ``candidate`` and ``reference`` are ``[N, D]`` (e.g. :func:`pooled` memories of the same N
+    prompts); row i of ``candidate`` should be closest, by cosine similarity, to row i of
+    ``reference``. Prompt i's rank is the number of *other* references at least as similar as its
+    own: ties count against it, so a predictor whose outputs are all alike (or all zero) gets at
+    most chance (1/N), never a perfect score. Returns ``retrieval_top1`` and ``retrieval_top5``
+    (fraction of prompts ranked 0 and below 5), ``mean_rank`` and ``retrieval_chance`` (1/N, the
+    top-1 of a guess).
+    """
+    cand = np.asarray(candidate, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if cand.ndim != 2 or cand.shape != ref.shape or len(cand) == 0:
+        raise ValueError(f"retrieval needs two [N, D] arrays of one shape, got {cand.shape} and {ref.shape}")
+    a = cand / np.maximum(np.linalg.norm(cand, axis=1, keepdims=True), 1e-12)
+    b = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+    ranks = np.empty(len(a), dtype=np.int64)
+    for start in range(0, len(a), chunk):  # [chunk, N] similarities at a time
+        sims = a[start : start + chunk] @ b.T
+        rows = np.arange(sims.shape[0])
+        own = sims[rows, start + rows]
+        counted = (sims >= own[:, None]).sum(1) - 1  # minus the own reference
+        ranks[start : start + chunk] = np.where(np.isfinite(own), counted, len(b) - 1)  # NaN: last
+    return {
+        "retrieval_top1": float((ranks == 0).mean()),
+        "retrieval_top5": float((ranks < 5).mean()),
+        "mean_rank": float(ranks.mean()),
+        "retrieval_chance": 1.0 / len(a),
+    }

@@ -188,7 +188,9 @@ def test_run_writes_student_config_metrics_and_curves(reference_run, corpus, cap
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [m for m in metrics if m["kind"] == "eval"]
     assert [m["step"] for m in evals] == [0, 4, 8, 12]
-    assert evals[-1]["mean_cosine"] > evals[0]["mean_cosine"] + 0.2
+    assert evals[-1]["mean_cosine"] > evals[0]["mean_cosine"] + 0.2  # learning at all; quality: test_student_beats_*
+    assert evals[-1]["retrieval_chance"] == 1 / 24 and 0 <= evals[-1]["retrieval_top1"] <= 1
+    assert evals[-1]["baseline_retrieval_top1"] == evals[0]["baseline_retrieval_top1"]
     assert "random/synthetic" in evals[0]["weights"] and evals[0]["groups"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = _metadata(run / "student.safetensors")
@@ -196,6 +198,99 @@ def test_run_writes_student_config_metrics_and_curves(reference_run, corpus, cap
     # a finished run is not redone; other settings in the same folder are refused
     assert main(tiny_args(corpus, run, "--cache", str(run.parent / "cache"))) == 0
     assert "nothing to do" in capsys.readouterr().err
+
+
+# -- the student must beat every predictor that ignores its input ----------------------------------
+def assert_beats_baselines(entry: dict) -> None:
+    """What a distilled student must show on held-out prompts; a student that ignores its input fails it.
+
+    The per-position mean training target is the best prompt-independent predictor of token cosine; it
+    sees only each prompt's length (its padding), so its pooled retrieval is near chance (1/N).
+    """
+    assert entry["mean_cosine"] > entry["baseline_mean_cosine"] + 0.05, entry
+    assert entry["retrieval_top1"] >= 4 * entry["retrieval_chance"], entry
+    assert entry["retrieval_top1"] > entry["baseline_retrieval_top1"] + 0.1, entry
+
+
+def test_student_beats_the_prompt_independent_baseline(reference_run, corpus, tmp_path, capsys):
+    """A longer tiny run (60 steps, batch 16) on the reference run's teacher cache, 24 held-out prompts."""
+    run, _ = reference_run
+    args = tiny_args(corpus, tmp_path / "run", "--cache", str(run.parent / "cache"), steps=60)
+    args = [*args, "--batch-size", "16", "--lr", "5e-3", "--eval-every", "60", "--checkpoint-every", "60"]
+    assert main(args) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "retrieval top-1" in last and "chance 0.042" in last and "per-position mean predictor" in last
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    first, final = config["initial_eval"], config["final_eval"]
+    assert final["prompts"] == 24 and final["retrieval_chance"] == 1 / 24
+    assert_beats_baselines(final)
+    with pytest.raises(AssertionError):  # the untrained student does not
+        assert_beats_baselines(first)
+
+
+class _Pad0:
+    """Pad id 0, the cache's own (what a student's ``padding`` gives evaluate to re-pad ids with)."""
+
+    @staticmethod
+    def repad(ids):
+        return ids
+
+
+class _Fixed(torch.nn.Module):
+    """A "student" that ignores its input: the same memory for every prompt, padding from the ids."""
+
+    padding = _Pad0()
+
+    def __init__(self, memory: np.ndarray):
+        super().__init__()
+        self.register_buffer("memory", torch.from_numpy(memory.astype(np.float32)))
+
+    def forward(self, ids):
+        return self.memory.expand(ids.shape[0], -1, -1), ids == 0
+
+
+class _Lookup(torch.nn.Module):
+    """A perfect "student": the teacher's own memory of each prompt, looked up by its ids."""
+
+    padding = _Pad0()
+
+    def __init__(self, ids: np.ndarray, targets: np.ndarray):
+        super().__init__()
+        self.table = {tuple(row): torch.from_numpy(t.astype(np.float32)) for row, t in zip(ids.tolist(), targets)}
+
+    def forward(self, ids):
+        return torch.stack([self.table[tuple(row)] for row in ids.tolist()]), ids == 0
+
+
+def _synthetic(rng, count: int, length: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Ids with 3..length valid tokens and fp16 targets: a component shared by all prompts + their own."""
+    sizes = rng.integers(3, length + 1, size=count)
+    ids = np.where(np.arange(length) < sizes[:, None], rng.integers(1, 1000, size=(count, length)), 0)
+    shared = np.linspace(-1, 1, length * 256).reshape(length, 256)
+    return ids.astype(np.int64), (shared + 0.5 * rng.standard_normal((count, length, 256))).astype(np.float16)
+
+
+def test_the_check_fails_for_a_student_that_ignores_its_input():
+    from edgeseg.distill.train import baseline_metrics, evaluate
+
+    rng = np.random.default_rng(0)
+    train_ids, train_targets = _synthetic(rng, 64)
+    ids, targets = _synthetic(rng, 30)
+    valid = (train_ids != 0)[..., None]
+    mean = (train_targets.astype(np.float64) * valid).sum(0) / valid.sum(0)  # per-position mean, by hand
+    base = baseline_metrics(train_targets, train_ids, ids, targets)
+    ignoring = evaluate(_Fixed(mean), ids, targets, {}, 7, "cpu", False)
+    entry = {**ignoring, "baseline_mean_cosine": base["mean_cosine"], "baseline_retrieval_top1": base["retrieval_top1"]}
+    assert ignoring["retrieval_chance"] == 1 / 30
+    assert math.isclose(ignoring["mean_cosine"], base["mean_cosine"], abs_tol=1e-6)
+    assert ignoring["retrieval_top1"] == base["retrieval_top1"] < 4 / 30  # it tells prompts apart by length only
+    with pytest.raises(AssertionError):
+        assert_beats_baselines(entry)
+    # the same check passes for a student that reproduces the teacher (cosine 1, every prompt retrieved)
+    perfect = evaluate(_Lookup(ids, targets), ids, targets, {}, 7, "cpu", False)
+    assert math.isclose(perfect["mean_cosine"], 1.0, abs_tol=1e-9) and perfect["retrieval_top1"] == 1.0
+    assert_beats_baselines({**perfect, "baseline_mean_cosine": base["mean_cosine"],
+                            "baseline_retrieval_top1": base["retrieval_top1"]})
 
 
 def test_sigkill_and_restart_gives_bit_identical_weights(reference_run, corpus, tmp_path):

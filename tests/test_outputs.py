@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from edgeseg.outputs import cosine, pooled, token_fidelity
+from edgeseg.outputs import cosine, pooled, retrieval, token_fidelity
 from edgeseg.targets.jetson_kit import build_engine as kit
 
 # Two prompts, L = 3, width 2.
@@ -86,3 +86,28 @@ def test_jetson_kit_copy_agrees():
     ours, theirs = token_fidelity(cand, ref, mask), kit.token_fidelity(cand, ref, mask)
     for key in ("mean_cosine", "worst_cosine", "max_abs_diff", "prompts"):
         assert theirs[key] == pytest.approx(ours[key], abs=1e-12)
+
+
+# Pooled retrieval, three prompts, width 2: references r0 = (1, 0), r1 = (0, 1), r2 = (1, 1).
+#   A constant candidate c = (1, 0.1) for every prompt (a predictor that ignores its input):
+#     cos(c, r0) = 1 / sqrt(1.01) = 0.995, cos(c, r1) = 0.1 / sqrt(1.01) = 0.0995,
+#     cos(c, r2) = 1.1 / (sqrt(1.01) sqrt 2) = 0.774
+#     rank of prompt 0: no other reference >= 0.995 -> 0; prompt 1: r0, r2 >= 0.0995 -> 2;
+#     prompt 2: r0 >= 0.774 -> 1.  top-1 1/3 (= chance), top-5 1, mean rank 1.
+#   All-zero candidates: every similarity is 0, a three-way tie, counted against each prompt -> rank 2.
+#   Candidates 2 * r_i: own similarity 1, the others 0 or 1/sqrt 2 -> every rank 0, top-1 1.
+REFS = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+
+
+def test_retrieval_hand_cases():
+    constant = retrieval(np.tile([1.0, 0.1], (3, 1)), REFS)
+    assert constant == {"retrieval_top1": 1 / 3, "retrieval_top5": 1.0, "mean_rank": 1.0, "retrieval_chance": 1 / 3}
+    zero = retrieval(np.zeros((3, 2)), REFS)
+    assert zero["retrieval_top1"] == 0.0 and zero["mean_rank"] == 2.0
+    exact = retrieval(2 * REFS, REFS)
+    assert exact["retrieval_top1"] == 1.0 and exact["mean_rank"] == 0.0
+    nan = retrieval(np.array([[np.nan, 0.0], [0.0, 1.0], [1.0, 1.0]]), REFS)
+    assert nan["retrieval_top1"] == 2 / 3 and nan["mean_rank"] == 2 / 3  # a NaN row ranks last (2)
+    assert retrieval(np.tile([1.0, 0.1], (3, 1)), REFS, chunk=2) == constant  # chunking changes nothing
+    with pytest.raises(ValueError):
+        retrieval(np.zeros((3, 2)), np.zeros((2, 2)))

@@ -47,20 +47,10 @@ def analyze(prompts_files: tuple[Path, ...], more_prompts: tuple[Path, ...], out
     """
     if not no_embedding:
         require_extra("edgeseg analyze (its embedding part; --no-embedding skips it)", "build", "torch")
-    from edgeseg.analyze import parse_contexts
+    from edgeseg.analyze import parse_contexts, summary_line
     from edgeseg.analyze import run as run_analysis
 
-    lengths = parse_contexts(contexts)
-    if no_embedding and checkpoint is not None:
-        _note("--no-embedding: --teacher-checkpoint is not used")
-    result = run_analysis([*prompts_files, *more_prompts], out, contexts=lengths, encoder=encoder,
+    result = run_analysis([*prompts_files, *more_prompts], out, contexts=parse_contexts(contexts), encoder=encoder,
                           checkpoint=checkpoint, embedding=not no_embedding, sample=sample,
                           max_truncation=max_truncation, coverage=coverage, seed=seed, note=_note)
-    timing, rec = result["timing_s"], result["recommendation"]
-    emb = f", embedding {timing['embedding']:.1f} s" if "embedding" in timing else ""
-    _note(f"analyzed {result['inputs']['prompts']:,} prompt(s) ({result['inputs']['unique_prompts']:,} distinct) "
-          f"from {len(result['inputs']['files'])} file(s): length+vocabulary {timing['length_and_vocabulary']:.1f} s"
-          f"{emb}, total {timing['total']:.1f} s; recommended context {rec['context_length']}, vocabulary "
-          f"{rec['vocabulary']['vocabulary_size']:,} ids at {rec['vocabulary']['coverage']:.1%} coverage -> {out}")
-
-
+    _note(summary_line(result, out))

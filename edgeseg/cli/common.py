@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -134,3 +135,35 @@ def _json_option(value: str | None, option: str):
     return data
 
 
+
+
+CHECKPOINTS_HELP = (
+    "NAME=PATH: load torch encoder NAME from checkpoint PATH, strictly (every key, every shape; the formats of "
+    "edgeseg info --checkpoint). Repeat for several encoders; an encoder without one has RANDOM weights (seed 0)."
+)
+
+
+def parse_checkpoints(values: Sequence[str], names: Sequence[str], option: str = "--checkpoint") -> dict[str, Path]:
+    """``NAME=PATH`` option values -> ``{NAME: PATH}`` for the torch encoders ``names`` a command runs.
+
+    A value must be ``NAME=PATH`` with NAME a registered encoder among ``names``, named once, and
+    PATH an existing file or folder; anything else is an :class:`EdgesegError` (one line, exit 2).
+    Load each with :func:`edgeseg.checkpoints.load_encoder`.
+    """
+    found: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = (part.strip() for part in str(value).partition("="))
+        if not sep or not name or not path:
+            raise EdgesegError(f"{option} {value!r}: expected NAME=PATH, e.g. {option} mobileclip-s0=s0.safetensors")
+        from edgeseg.encoders import get_config
+
+        get_config(name)  # an unknown encoder name is a user error
+        if name not in names:
+            raise EdgesegError(f"{option} {value!r}: {name} is not one of the encoders this command runs "
+                               f"({', '.join(names) or 'none'})")
+        if name in found:
+            raise EdgesegError(f"{option}: {name} is given twice ({found[name]} and {path})")
+        if not Path(path).exists():
+            raise EdgesegError(f"{option} {value!r}: checkpoint {path} does not exist")
+        found[name] = Path(path)
+    return found

@@ -101,6 +101,7 @@ def distill(ctx: click.Context, **opts) -> None:
     require_extra("edgeseg distill", "build", "torch", "safetensors")
     from edgeseg.distill import DistillConfig
     from edgeseg.distill import distill as run_distill
+    from edgeseg.distill.train import summary_line
 
     student_config = _json_option(opts.pop("student_config"), "--student-config")
     teacher_config = _json_option(opts.pop("teacher_config"), "--teacher-config")
@@ -108,15 +109,9 @@ def distill(ctx: click.Context, **opts) -> None:
     paths = {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
     cfg = DistillConfig(prompts=prompts, student_config=student_config, teacher_config=teacher_config, **paths)
     summary = run_distill(cfg, note=_note)
-    final = summary.get("final_eval") or {}
-    first = summary.get("initial_eval") or {}
-    if final:
-        tag = " (random/synthetic teacher weights)" if summary.get("random_teacher") else ""
-        dropped = (summary.get("dropped_held_out") or {}).get("count", 0)
-        held = f"; {dropped} held-out prompt(s) dropped from training" if dropped else ""
-        _note(f"eval mean token cosine {first.get('mean_cosine', float('nan')):.4f} -> {final['mean_cosine']:.4f}, "
-              f"worst prompt {final['worst_cosine']:.4f} on {summary.get('eval_prompts')} held-out prompts{tag}"
-              f"{held}; trained on {summary.get('train_prompts')} prompts; wrote {cfg.out}/student.safetensors")
+    line = summary_line(summary, cfg.out)
+    if line:
+        _note(line)
 
 
 @distill.command("splice")

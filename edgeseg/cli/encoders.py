@@ -10,6 +10,7 @@ import click
 
 from edgeseg.cli.common import (
     CHECKPOINT_HELP,
+    CHECKPOINTS_HELP,
     CONTEXT_HELP,
     ENCODER_HELP,
     POSITION_HELP,
@@ -19,6 +20,7 @@ from edgeseg.cli.common import (
     _note,
     _write_npz,
     cli,
+    parse_checkpoints,
     semantics_option,
 )
 from edgeseg.errors import EdgesegError, require_extra
@@ -173,46 +175,52 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+@click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="NAME=PATH", help=CHECKPOINTS_HELP)
 def compare(prompts_file: Path, encoders: str, repeats: int, batch_size: int, threads: int | None,
-            as_json: bool) -> None:
+            as_json: bool, checkpoint_opts: tuple[str, ...]) -> None:
     """Tokenize and encode prompts with several encoders and print a comparison table.
 
-    Columns: parameters, FP32 state-dict size, context length, mean latency of one batch on
-    this machine, and the cosine between each encoder's masked-mean-pooled memory and the first
-    encoder's, per prompt (mean and worst). All encoders have RANDOM seeded weights here, so the
-    cosine column only shows the pipeline runs; with random weights it is near 0 by construction.
+    Columns: weights ('random' or the checkpoint's file name), parameters, FP32 state-dict size,
+    context length, mean latency of one batch on this machine, and the cosine between each
+    encoder's masked-mean-pooled memory and the first encoder's, per prompt (mean and worst).
+    Encoders without --checkpoint NAME=PATH have RANDOM seeded weights: a cosine involving one only
+    shows the pipeline runs (near 0 by construction).
+
+    \b
+    edgeseg compare --prompts p.txt --encoders sam3,mobileclip-s0 --checkpoint sam3=sam3.pt \\
+        --checkpoint mobileclip-s0=runs/s0/student.safetensors
     """
     require_extra("edgeseg compare", "build", "torch")
     import torch
 
-    from edgeseg.encode import compare_encoders
-    from edgeseg.encoders import build_encoder, get_config
+    from edgeseg.encode import RANDOM, compare_encoders, encoder_names, load_encoders
     from edgeseg.fileio import read_prompts
 
-    names = [n.strip() for n in encoders.split(",") if n.strip()]
-    if not names:
-        raise EdgesegError("--encoders names no encoder")
-    for name in names:
-        get_config(name)
+    names = encoder_names(encoders)
+    checkpoints = parse_checkpoints(checkpoint_opts, names)
     prompts = read_prompts(prompts_file)
     if threads:
         torch.set_num_threads(threads)
-    _note(f"comparing {', '.join(names)} on {len(prompts)} prompt(s); RANDOM weights (seed 0)")
-    models = [build_encoder(name) for name in names]
-    rows = compare_encoders(models, prompts, repeats=repeats, batch_size=batch_size)
+    models, weights = load_encoders(names, checkpoints)  # a bad checkpoint fails here, before any output
+    random = [n for n, w in zip(names, weights) if w == RANDOM]
+    _note(f"comparing {', '.join(names)} on {len(prompts)} prompt(s)"
+          + (f"; RANDOM weights (seed 0) for {', '.join(random)}" if random else ""))
+    rows = compare_encoders(models, prompts, repeats=repeats, batch_size=batch_size, weights=weights)
     if as_json:
-        click.echo(json.dumps({"weights": "random", "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        click.echo(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
     ref = names[0]
-    header = ["encoder", "params", "fp32 MB", "ctx", "batch", "latency ms", f"cos vs {ref} mean/min"]
-    table = [[r["encoder"], f"{r['params']:,}", f"{r['bytes_fp32'] / 1e6:.1f}", str(r["context_length"]),
-              str(r["batch"]), f"{r['latency_ms']:.1f}", f"{r['cosine_mean']:+.3f}/{r['cosine_min']:+.3f}"]
-             for r in rows]
+    header = ["encoder", "weights", "params", "fp32 MB", "ctx", "batch", "latency ms", f"cos vs {ref} mean/min"]
+    table = [[r["encoder"], r["weights"], f"{r['params']:,}", f"{r['bytes_fp32'] / 1e6:.1f}",
+              str(r["context_length"]), str(r["batch"]), f"{r['latency_ms']:.1f}",
+              f"{r['cosine_mean']:+.3f}/{r['cosine_min']:+.3f}"] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     click.echo("  ".join("-" * w for w in widths))
     for row in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    click.echo(f"(random/synthetic weights, {torch.get_num_threads()} CPU threads; cosines are not meaningful)")
-
-
+    if RANDOM in weights:
+        click.echo(f"(rows with 'random' weights are random/synthetic, {torch.get_num_threads()} CPU threads; "
+                   "cosines involving them are not meaningful)")
+    else:
+        click.echo(f"({torch.get_num_threads()} CPU threads)")

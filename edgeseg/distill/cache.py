@@ -245,8 +245,6 @@ def build_cache(
     ``context_length``. ``teacher_factory`` builds the teacher and is called only if some shard of
     this rank is missing. ``barrier`` synchronises ranks (``None`` for a single process).
     """
-    import torch
-
     cache_dir = Path(cache_dir)
     if len(normalized) == 0:
         raise EdgesegError("the corpus to cache holds no prompts")
@@ -261,48 +259,59 @@ def build_cache(
         "shards": [{"file": plan.shard_path(i).name, "start": s, "count": n} for i, (s, n) in enumerate(plan.shards)],
     }
     if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (cache_dir / TEACHER_FILE).exists():
-            info = {"format": FORMAT, "teacher": teacher, "context_length": int(context_length)}
-            _write_bytes_atomic(cache_dir / TEACHER_FILE, (json.dumps(info, indent=2) + "\n").encode())
-        if (folder / MANIFEST).exists():
-            old = _read_json(folder / MANIFEST)
-            if {k: old.get(k) for k in manifest} != manifest:
-                raise EdgesegError(f"teacher cache {folder} was written with other settings; use another --cache")
-        else:
-            _save_npy_atomic(folder / "keys.npy", keys_array(normalized))
-            _save_npy_atomic(folder / "ids.npy", np.ascontiguousarray(ids, dtype=np.int32))
-            _write_bytes_atomic(folder / "prompts.txt", ("\n".join(normalized) + "\n").encode("utf-8"))
-            _write_bytes_atomic(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        _write_corpus(cache_dir, folder, manifest, normalized, ids)
     if barrier is not None:
         barrier()
 
     todo = [i for i in plan.missing() if i % world == rank]
-    done_before = len(plan.shards) - len(plan.missing())
     if todo:
-        from tqdm import tqdm
-
-        model = teacher_factory()
-        total = sum(plan.shards[i][1] for i in todo)
-        log.info("teacher cache %s: %d shard(s) done, rank %d builds %d (%d prompts)",
-                 folder, done_before, rank, len(todo), total)
-        started = time.perf_counter()
-        with tqdm(total=total, unit="prompt", desc=f"teacher targets (rank {rank})", disable=not progress,
-                  position=rank, dynamic_ncols=True) as bar:
-            for i in todo:
-                start, count = plan.shards[i]
-                out = np.empty((count, context_length, 256), dtype=np.float16)
-                for b in range(0, count, batch_size):
-                    chunk = torch.from_numpy(np.asarray(ids[start + b : start + min(count, b + batch_size)],
-                                                        dtype=np.int64)).to(device)
-                    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                        memory, _ = model(chunk)
-                    out[b : b + chunk.shape[0]] = memory.float().cpu().numpy().astype(np.float16)
-                    bar.update(chunk.shape[0])
-                _save_npy_atomic(plan.shard_path(i), out)
-        elapsed = time.perf_counter() - started
-        log.info("teacher cache: %d prompts in %.1f s (%.1f prompts/s)", total, elapsed, total / max(elapsed, 1e-9))
-        del model
+        log.info("teacher cache %s: %d shard(s) done, rank %d builds %d (%d prompts)", folder,
+                 len(plan.shards) - len(plan.missing()), rank, len(todo), sum(plan.shards[i][1] for i in todo))
+        _build_shards(plan, todo, ids, teacher_factory(), batch_size=batch_size, rank=rank, device=device,
+                      progress=progress, amp=amp)
     if barrier is not None:
         barrier()
     return TeacherCache(folder)
+
+
+def _write_corpus(cache_dir: Path, folder: Path, manifest: dict[str, Any], normalized: Sequence[str],
+                  ids: np.ndarray) -> None:
+    """Rank 0: the cache's teacher file, and the corpus's keys, ids, prompts and manifest (or check them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (cache_dir / TEACHER_FILE).exists():
+        info = {"format": FORMAT, "teacher": manifest["teacher"], "context_length": manifest["context_length"]}
+        _write_bytes_atomic(cache_dir / TEACHER_FILE, (json.dumps(info, indent=2) + "\n").encode())
+    if (folder / MANIFEST).exists():
+        old = _read_json(folder / MANIFEST)
+        if {k: old.get(k) for k in manifest} != manifest:
+            raise EdgesegError(f"teacher cache {folder} was written with other settings; use another --cache")
+    else:
+        _save_npy_atomic(folder / "keys.npy", keys_array(normalized))
+        _save_npy_atomic(folder / "ids.npy", np.ascontiguousarray(ids, dtype=np.int32))
+        _write_bytes_atomic(folder / "prompts.txt", ("\n".join(normalized) + "\n").encode("utf-8"))
+        _write_bytes_atomic(folder / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def _build_shards(plan: CachePlan, todo: Sequence[int], ids: np.ndarray, model: Any, *, batch_size: int, rank: int,
+                  device: str, progress: bool, amp: bool) -> None:
+    """Run the teacher on the prompts of shards ``todo`` and save each shard (fp16, atomic)."""
+    import torch
+    from tqdm import tqdm
+
+    total = sum(plan.shards[i][1] for i in todo)
+    started = time.perf_counter()
+    with tqdm(total=total, unit="prompt", desc=f"teacher targets (rank {rank})", disable=not progress,
+              position=rank, dynamic_ncols=True) as bar:
+        for i in todo:
+            start, count = plan.shards[i]
+            out = np.empty((count, plan.context_length, 256), dtype=np.float16)
+            for b in range(0, count, batch_size):
+                chunk = torch.from_numpy(np.asarray(ids[start + b : start + min(count, b + batch_size)],
+                                                    dtype=np.int64)).to(device)
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    memory, _ = model(chunk)
+                out[b : b + chunk.shape[0]] = memory.float().cpu().numpy().astype(np.float16)
+                bar.update(chunk.shape[0])
+            _save_npy_atomic(plan.shard_path(i), out)
+    elapsed = time.perf_counter() - started
+    log.info("teacher cache: %d prompts in %.1f s (%.1f prompts/s)", total, elapsed, total / max(elapsed, 1e-9))

@@ -296,8 +296,15 @@ LENGTH_GROUPS = (("tokens<=4", 0, 4), ("tokens 5-6", 5, 6), ("tokens 7-10", 7, 1
 @torch.no_grad()
 def evaluate(model: nn.Module, ids: np.ndarray, targets: np.ndarray, groups: dict[str, np.ndarray],
              batch_size: int, device: str, amp: bool) -> dict[str, Any]:
-    """Token cosine and MSE vs the teacher over valid tokens, per prompt, then mean/worst per group."""
-    per_cos, per_mse = [], []
+    """Token cosine and MSE vs the teacher over valid tokens, per prompt, then mean/worst per group.
+
+    Also pooled retrieval (:func:`edgeseg.outputs.retrieval`): each prompt's masked-mean-pooled student
+    memory must be nearest to its own pooled teacher memory among all ``ids``; ``retrieval_chance``
+    (1/N) is what a student that ignores its input gets at best.
+    """
+    from edgeseg.outputs import retrieval
+
+    per_cos, per_mse, pooled_s, pooled_t = [], [], [], []
     for start in range(0, len(ids), batch_size):
         chunk = torch.from_numpy(np.asarray(ids[start : start + batch_size], dtype=np.int64)).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -309,9 +316,13 @@ def evaluate(model: nn.Module, ids: np.ndarray, targets: np.ndarray, groups: dic
         cos = F.cosine_similarity(s, t, dim=-1, eps=1e-12)
         per_cos.append(((cos * valid).sum(1) / count).cpu().numpy())
         per_mse.append(((((s - t) ** 2).mean(-1) * valid).sum(1) / count).cpu().numpy())
+        pooled_s.append(((s * valid[..., None]).sum(1) / count[:, None]).cpu().numpy())
+        pooled_t.append(((t * valid[..., None]).sum(1) / count[:, None]).cpu().numpy())
     cos_all, mse_all = np.concatenate(per_cos), np.concatenate(per_mse)
     result: dict[str, Any] = {"prompts": int(len(cos_all)), "mean_cosine": float(cos_all.mean()),
                               "worst_cosine": float(cos_all.min()), "mse": float(mse_all.mean())}
+    ranked = retrieval(np.concatenate(pooled_s), np.concatenate(pooled_t))
+    result.update({k: ranked[k] for k in ("retrieval_top1", "retrieval_chance")})
     by_group = {}
     for name, members in groups.items():
         if len(members):
@@ -341,17 +352,23 @@ def source_map(folder: str | os.PathLike) -> dict[str, str]:
     return {p.normalized: p.source for p in pool.values()}
 
 
-def baseline_cosine(train_targets: np.ndarray, train_ids: np.ndarray, ids: np.ndarray, targets: np.ndarray) -> float:
-    """Mean token cosine of the best prompt-independent predictor: the per-position mean training target.
+def baseline_metrics(train_targets: np.ndarray, train_ids: np.ndarray, ids: np.ndarray,
+                     targets: np.ndarray) -> dict[str, float]:
+    """Eval metrics of the best prompt-independent predictor: the per-position mean training target.
 
-    Tells how much of the teacher's memory is shared by all prompts (large for a random teacher).
+    ``mean_cosine`` tells how much of the teacher's memory is shared by all prompts (large for a
+    random teacher); ``retrieval_top1`` is its pooled retrieval (it sees only each prompt's length,
+    so it can tell prompts apart by length alone). A student must beat both.
     """
+    from edgeseg.outputs import pooled, retrieval, token_fidelity
+
     valid = (np.asarray(train_ids) != 0)[..., None]
     mean = (np.asarray(train_targets, dtype=np.float64) * valid).sum(0) / np.maximum(valid.sum(0), 1)
-    from edgeseg.outputs import token_fidelity
-
-    pred = np.broadcast_to(mean, np.asarray(targets).shape)
-    return token_fidelity(pred, np.asarray(targets, dtype=np.float64), np.asarray(ids) == 0)["mean_cosine"]
+    targets = np.asarray(targets, dtype=np.float64)
+    pred = np.broadcast_to(mean, targets.shape)
+    mask = np.asarray(ids) == 0
+    return {"mean_cosine": token_fidelity(pred, targets, mask)["mean_cosine"],
+            "retrieval_top1": retrieval(pooled(pred, mask), pooled(targets, mask))["retrieval_top1"]}
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -381,6 +398,9 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, title: str) -> None:
         ax2.plot(steps, [m["worst_cosine"] for m in evals], marker=".", label="worst prompt")
         if evals[0].get("baseline_mean_cosine") is not None:
             ax2.axhline(evals[0]["baseline_mean_cosine"], color="grey", ls="--", label="per-position mean predictor")
+        if "retrieval_top1" in evals[0]:
+            ax2.plot(steps, [m["retrieval_top1"] for m in evals], marker="s", label="pooled retrieval top-1")
+            ax2.axhline(evals[0]["retrieval_chance"], color="grey", ls=":", label="retrieval chance (1/N)")
         ax2.legend()
     ax2.set_xlabel("step")
     ax2.set_title("eval vs teacher")
@@ -607,11 +627,10 @@ def _make_student(cfg: DistillConfig, resume: dict[str, Any] | None, device: str
 class _Recorder:
     """metrics.jsonl, config.json, evaluations and curves of a run (rank 0 writes)."""
 
-    def __init__(self, cfg: DistillConfig, out: Path, student: nn.Module, eval_cache: Any, groups: dict,
-                 baseline: float | None, device: str, amp: bool):
+    def __init__(self, cfg: DistillConfig, out: Path, student: nn.Module, eval_cache: Any, eval_targets: np.ndarray,
+                 groups: dict, baseline: dict[str, float], device: str, amp: bool):
         self.cfg, self.out, self.student, self.eval_cache, self.groups = cfg, out, student, eval_cache, groups
-        self.baseline, self.device, self.amp = baseline, device, amp
-        self.eval_targets = eval_cache.targets(np.arange(len(eval_cache)))
+        self.eval_targets, self.baseline, self.device, self.amp = eval_targets, baseline, device, amp
         self.metrics: list[dict[str, Any]] = []
         self.plotted = time.monotonic()
 
@@ -633,7 +652,8 @@ class _Recorder:
         cfg = self.cfg
         result = evaluate(self.student, self.eval_cache.ids, self.eval_targets, self.groups, cfg.eval_batch_size,
                           self.device, self.amp)
-        entry = {"kind": "eval", "step": step, **result, "baseline_mean_cosine": self.baseline,
+        entry = {"kind": "eval", "step": step, **result, "baseline_mean_cosine": self.baseline["mean_cosine"],
+                 "baseline_retrieval_top1": self.baseline["retrieval_top1"],
                  "weights": "random/synthetic teacher" if cfg.teacher_checkpoint is None else "teacher checkpoint"}
         if not any(m["kind"] == "eval" and m["step"] == step for m in self.metrics):
             self.log(entry)
@@ -721,11 +741,10 @@ def _recorder(cfg: DistillConfig, out: Path, student: nn.Module, train_cache: An
               prompts: RunPrompts, device: str, amp: bool) -> _Recorder:
     sources = source_map(cfg.sources) if cfg.sources else None
     groups = eval_groups(eval_cache.ids, prompts.eval.normalized, sources)
-    rec = _Recorder(cfg, out, student, eval_cache, groups, None, device, amp)
+    eval_targets = eval_cache.targets(np.arange(len(eval_cache)))
     sample = np.arange(min(len(train_cache), 4096))
-    rec.baseline = baseline_cosine(train_cache.targets(sample), train_cache.ids[sample], eval_cache.ids,
-                                   rec.eval_targets)
-    return rec
+    baseline = baseline_metrics(train_cache.targets(sample), train_cache.ids[sample], eval_cache.ids, eval_targets)
+    return _Recorder(cfg, out, student, eval_cache, eval_targets, groups, baseline, device, amp)
 
 
 def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -785,6 +804,23 @@ def _finish(cfg: DistillConfig, out: Path, student: nn.Module, rec: _Recorder, e
                     "initial_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None})
     _write_json(out / CONFIG, summary)
     return summary
+
+
+def summary_line(summary: dict[str, Any], out: str | os.PathLike) -> str:
+    """One line on a finished run: eval cosine and retrieval against both baselines ('' before any eval)."""
+    final, first = summary.get("final_eval") or {}, summary.get("initial_eval") or {}
+    if not final:
+        return ""
+    nan = float("nan")
+    tag = " (random/synthetic teacher weights)" if summary.get("random_teacher") else ""
+    dropped = (summary.get("dropped_held_out") or {}).get("count", 0)
+    held = f"; {dropped} held-out prompt(s) dropped from training" if dropped else ""
+    return (f"eval mean token cosine {first.get('mean_cosine', nan):.4f} -> {final['mean_cosine']:.4f} "
+            f"(per-position mean predictor {final.get('baseline_mean_cosine', nan):.4f}), worst prompt "
+            f"{final['worst_cosine']:.4f}, retrieval top-1 {final.get('retrieval_top1', nan):.3f} (chance "
+            f"{final.get('retrieval_chance', nan):.3f}, per-position mean predictor "
+            f"{final.get('baseline_retrieval_top1', nan):.3f}) on {summary.get('eval_prompts')} held-out prompts"
+            f"{tag}{held}; trained on {summary.get('train_prompts')} prompts; wrote {Path(out) / STUDENT}")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
