@@ -20,14 +20,14 @@ setup: $(STAMP)
 # The main job (random weights): tokenize and encode the shipped sample prompts with the SAM3
 # teacher and every student and print a comparison table; then export MobileCLIP-S0 and the
 # teacher to ONNX, quantize S0 to INT8 (static Q/DQ and dynamic, calibrated and fidelity-gated)
-# and print a size / latency / memory / fidelity table (benchmarks/int8_bench.py --quick); a short
+# and print a size / latency / memory / fidelity table (the int8-quick suite of edgeseg bench); a short
 # distillation; and the headline use: the Jetson kit of S0 INT8 (ONNX Runtime self-check + summary;
 # the engine itself is built on the device by the kit's build_engine.py).
 DEMO_PROMPTS := edgeseg/data/prompts/samples.txt
 demo: $(STAMP)
 	$(BIN)/edgeseg compare --prompts $(DEMO_PROMPTS)
-	$(BIN)/python benchmarks/int8_bench.py --quick --skip-teacher-int8 --skip-all-int8 \
-		--work out/int8-work --out out/int8-report
+	$(BIN)/python benchmarks/run_suite.py int8-quick --allow-dirty --work out/int8-work --out out/int8-report
+	@sed -n '/^## Summary/,/^## Bars/p' out/int8-report/report.md
 	$(BIN)/edgeseg distill --student mobileclip-s0 --limit 128 --eval-limit 48 --steps 16 --batch-size 16 \
 		--warmup-steps 2 --eval-every 8 --checkpoint-every 8 --out out/distill-demo
 	$(BIN)/edgeseg build --target jetson --encoder mobileclip-s0 --precision int8 --max-batch 8 \

@@ -19,11 +19,12 @@ BASE = [
     "ftfy",
     "regex",
     "tqdm",
-    "jsonschema",  # manifest validation (edgeseg/bundle.py)
+    "jsonschema>=4.18",  # manifest validation (edgeseg/manifest.schema.json, edgeseg/bundlecheck.py)
 ]
 EXTRAS = {
     # export, quantize, build, distill, convert, compare, analyze's embedding part, bench
-    "build": ["torch>=2.4,<=2.14.1", "onnx", "polygraphy", "safetensors"],
+    # (onnxconverter-common: FP16 conversion; psutil: process memory and CPU load in edgeseg bench)
+    "build": ["torch>=2.4,<=2.14.1", "onnx", "polygraphy", "safetensors", "onnxconverter-common>=1.16", "psutil"],
     # Meta's SAM3 (FP32 baseline and parity oracle). The 0.1.4 wheel imports psutil and torchvision
     # without declaring them; scikit-image gives edgeseg bench the sample photos of its segmentation part.
     "sam3": ["sam3==0.1.4", "torchvision<=0.29.1", "psutil", "scikit-image",
@@ -52,6 +53,7 @@ setup(
         "data/prompts/*.json",
         "data/prompts/SOURCES.md",
         "bench/*.json",
+        "manifest.schema.json",
         "targets/jetson_kit/*.json",
     ]},
     install_requires=BASE,

@@ -16,7 +16,10 @@ latency does not depend on weight values, but nothing here says anything about a
 
     make cpp                                   # build build/cpp first
     .venv/bin/python benchmarks/cpp_bench.py   # ~1 min once the bundle exists
-    .venv/bin/python benchmarks/cpp_bench.py --bundle out/s0-int8 --threads 2 --json out/cpp_bench.json
+    .venv/bin/python benchmarks/cpp_bench.py --bundle out/s0-int8 --threads 2 --out out/cpp-report
+
+It writes ``results.json`` (the README's C++ table is rendered from ``benchmarks/reports/cpp/results.json``
+by ``benchmarks/readme_table.py``) and ``report.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ def main() -> int:
     parser.add_argument("--latency-runs", type=int, default=150, help="timed batch-1 encode calls per side and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating C++/Python rounds (medians reported)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads, both sides")
-    parser.add_argument("--json", help="also write the results as JSON here")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "reports" / "cpp"),
+                        help="folder for results.json and report.md")
     args = parser.parse_args()
 
     bench = Path(args.build) / "engines" / "edgeseg-bench"
@@ -143,15 +147,31 @@ def main() -> int:
     goal = results[1]["speedup"] >= 10
     print(f"\ntokenizer goal (>= 10x, warm): {'MET' if goal else 'NOT MET'} ({results[1]['speedup']:.1f}x); "
           f"encode latency from {WEIGHTS_NOTE}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "prompts": n, "prompts_file": args.prompts, "bundle": str(bundle), "weights": WEIGHTS_NOTE,
-            "threads": args.threads, "rounds": args.rounds, "cpp": cpp, "python": py, "rows": results,
-            "cpp_rounds": cpp_rounds, "python_rounds": py_rounds,
-            "python_version": platform.python_version(),
-        }, indent=2) + "\n", encoding="utf-8")
+    write_results(args, {
+        "prompts": n, "prompts_file": str(Path(args.prompts).resolve().relative_to(ROOT))
+        if Path(args.prompts).resolve().is_relative_to(ROOT) else args.prompts, "bundle": str(bundle),
+        "bundle_label": f"{manifest['encoder']} {manifest['precision'].upper()}, {args.threads} thread(s), "
+                        f"{WEIGHTS_NOTE}", "weights": WEIGHTS_NOTE, "threads": args.threads, "rounds": args.rounds,
+        "cpp": cpp, "python": py, "rows": results, "cpp_rounds": cpp_rounds, "python_rounds": py_rounds})
     return 0
+
+
+def write_results(args: argparse.Namespace, results: dict) -> None:
+    """results.json (with the machine, versions, git state) and report.md, through edgeseg's one report path."""
+    from edgeseg.bench.env import environment
+    from edgeseg.bench.report import cpp_table
+    from edgeseg.fileio import atomic_path
+
+    env = environment(args.threads)
+    results.update({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": env,
+                    "dirty": env["git"].get("dirty"), "machine": f"{env['device']}, {env['cpu_count']} CPUs",
+                    "command": "python benchmarks/cpp_bench.py " + " ".join(sys.argv[1:])})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("# C++ runtime vs Python\n\n" + cpp_table(results) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

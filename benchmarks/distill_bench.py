@@ -33,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgeseg.bench import gemm  # noqa: E402
 from edgeseg.corpus import load_split  # noqa: E402
 from edgeseg.distill.cache import build_cache, teacher_identity  # noqa: E402
 from edgeseg.distill.train import (  # noqa: E402
@@ -58,26 +59,11 @@ def _step(student, opt, sched, ids, target, cfg) -> float:
 
 
 def weight_macs_per_token(model: torch.nn.Module) -> int:
-    """Multiply-accumulates per token of the weight matrices the forward pass applies: Linear weights,
-    attention in-projections and 1x1 convolutions (unused parameters, embedding lookups, attention
-    products and depthwise convolutions not counted; the last two are < 1% here)."""
-    unused = set(getattr(model, "unused_parameters", ()))
-    modules = dict(model.named_modules())
-    total = 0
-    for name, param in model.named_parameters():
-        owner_name = name.rpartition(".")[0]
-        if name in unused or owner_name in unused:
-            continue
-        owner = modules[owner_name]
-        if param.dim() == 2 and (isinstance(owner, torch.nn.Linear) or name.endswith("in_proj_weight")):
-            total += param.numel()
-        elif isinstance(owner, torch.nn.Conv2d) and param.dim() == 4 and owner.groups == 1 \
-                and owner.kernel_size == (1, 1):
-            total += param.numel()
-    return total
+    """MACs per token of the weight matrices the forward applies (edgeseg.bench.gemm's one counting rule)."""
+    return gemm.count(gemm.torch_matrices(model))["macs_per_token"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="mobileclip-s0")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -90,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student-config", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--teacher-config", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    student_config = json.loads(args.student_config) if args.student_config else None
-    teacher_config = json.loads(args.teacher_config) if args.teacher_config else None
-    cfg = DistillConfig(student=args.student, out="-", batch_size=args.batch_size, steps=10**6, warmup_steps=0)
+    return args
 
+
+def measure(args: argparse.Namespace, student_config: dict | None, teacher_config: dict | None,
+            cfg: DistillConfig) -> tuple:
+    """Cache build, then cached vs teacher-in-the-loop steps in alternating rounds."""
     corpus = _subset(_prepare_corpus(load_split("distill"), 16), args.cache_prompts)
     teacher = build_model("sam3", teacher_config, 16, None, 0, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {r + 1}/{args.rounds}: cached {statistics.median(times['cached']):.3f} s/step, "
                   f"teacher in loop {statistics.median(times['teacher']):.3f} s/step", file=sys.stderr)
 
+    return corpus, cache_s, cache_rate, times, teacher_forward, teacher, student
+
+
+def summarize(args: argparse.Namespace, argv: list[str] | None, measured: tuple, student_config: dict | None,
+              teacher_config: dict | None) -> tuple[dict, list[str]]:
+    corpus, cache_s, cache_rate, times, teacher_forward, teacher, student = measured
     cached_sps = 1.0 / statistics.median(times["cached"])
     teacher_sps = 1.0 / statistics.median(times["teacher"])
     forward_s = statistics.median(teacher_forward[1:] or teacher_forward)
@@ -188,6 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{student_macs / 1e6:.1f} M |",
         f"| speed-up if every MAC cost the same: 1 + teacher / (3 x student) | {mac_limit:.1f}x |",
     ]
+    return result, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    student_config = json.loads(args.student_config) if args.student_config else None
+    teacher_config = json.loads(args.teacher_config) if args.teacher_config else None
+    cfg = DistillConfig(student=args.student, out="-", batch_size=args.batch_size, steps=10**6, warmup_steps=0)
+    result, table = summarize(args, argv, measure(args, student_config, teacher_config, cfg), student_config,
+                              teacher_config)
     print("\n".join(table))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

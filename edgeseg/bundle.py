@@ -26,6 +26,8 @@ import json
 import os
 import platform
 import shutil
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,16 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg import __version__
+from edgeseg import __version__, bundlecheck
+from edgeseg.bundlecheck import DIR_FIELDS, FILE_FIELDS, FORMAT, FORMAT_VERSION, MANIFEST, printable  # noqa: F401
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import atomic_path, check_output_folder, sha256_file
+from edgeseg.fileio import atomic_path, check_output_target, sha256_file
 
-FORMAT = "edgeseg-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
-REQUIRED = ("format", "format_version", "encoder", "context_length", "precision", "target", "backend",
-            "model", "inputs", "outputs", "tokenizer", "files")
 
 
 def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[str, Any]]]:
@@ -75,12 +73,9 @@ def now() -> str:
 
 def check_bundle_target(out: str | os.PathLike) -> Path:
     """Fail early unless ``out`` can become a bundle: absent, empty, or an existing bundle."""
-    out = Path(out)
-    check_output_folder(out)
-    if out.exists() and not out.is_dir():
-        raise EdgesegError(f"{out} exists and is not a directory: refusing to replace it with a bundle")
+    out = check_output_target(out, directory=True)
     if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise EdgesegError(f"{out} exists and is not a bundle: refusing to replace it")
+        raise EdgesegError(f"{printable(out)} exists and is not a bundle: refusing to replace it")
     return out
 
 
@@ -129,25 +124,22 @@ def externalize_onnx(path: Path, threshold: int = 1024) -> str | None:
     return name
 
 
-#: manifest fields that name a file of the bundle: each must be a relative name inside it, listed under files
-FILE_FIELDS = (("model",), ("model_data",), ("tokenizer", "vocab"), ("reference", "file"), ("bank", "file"))
-
-
-def named_files(manifest: dict[str, Any]) -> list[Any]:
-    """The values of :data:`FILE_FIELDS` that the manifest sets."""
-    names = []
-    for path in FILE_FIELDS:
-        value: Any = manifest
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is not None:
-            names.append(value)
-    return names
-
-
 def model_files(manifest: dict[str, Any]) -> list[str]:
     """The model file and, for ONNX with external data, its weights file."""
     return [manifest["model"], *([manifest["model_data"]] if manifest.get("model_data") else [])]
+
+
+def onnx_for_reading(src: Path, manifest: dict[str, Any], work: Path) -> Path:
+    """The bundle's ONNX model as the ``onnx`` package can load it: in place, or copied into ``work``
+    when a file of it has several hard links (``onnx`` refuses that external data as a possible attack)."""
+    model = src / manifest["model"]
+    names = [manifest["model"], *bundlecheck.onnx_external_data(model, manifest["model"])]
+    if all((src / name).stat().st_nlink == 1 for name in names):
+        return model
+    for name in names:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / name, work / name)
+    return work / manifest["model"]
 
 
 def model_bytes(manifest: dict[str, Any]) -> int:
@@ -173,59 +165,45 @@ def finalize(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             rel = path.relative_to(directory).as_posix()
             files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now(), **manifest, "files": files}
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise ValueError(f"manifest lacks {missing}")
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    bad = _non_finite(manifest)
+    if bad is not None:
+        raise EdgesegError(f"refusing to write a bundle whose {bad[0]} is {bad[1]}: the verification figures are not "
+                           "finite (the model produces NaN or Inf?)")
+    try:
+        bundlecheck.check_manifest(manifest, "the new manifest")
+    except bundlecheck.BundleError as exc:  # a writer broke the contract: a bug, not a user error
+        raise ValueError(f"finalize refuses to write a manifest the loader would refuse: {exc}") from exc
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return manifest
+
+
+def _non_finite(value: Any, path: str = "manifest") -> tuple[str, float] | None:
+    """The first NaN/Inf float in a manifest (path, value), or None."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")
+        if found:
+            return found
+    return None
 
 
 def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
-    """Parse and check ``manifest.json`` (format, version, required fields); no hashing."""
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise EdgesegError(f"bundle {bundle} does not exist or is not a directory")
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise EdgesegError(f"{bundle} is not an edgeseg bundle: it has no {MANIFEST}")
+    """Parse and check ``manifest.json`` (limits, schema, file names: :mod:`edgeseg.bundlecheck`); no hashing."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgesegError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise EdgesegError(f"{path} is not an edgeseg bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise EdgesegError(
-            f"{bundle} has bundle format version {manifest.get('format_version')}; this edgeseg reads {FORMAT_VERSION}"
-        )
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise EdgesegError(f"{path} lacks required field(s): {', '.join(missing)}")
-    files = manifest["files"]
-    if not isinstance(files, dict) or not all(
-            isinstance(k, str) and isinstance(v, dict) for k, v in files.items()):
-        raise EdgesegError(f"{path} is malformed: 'files' must map file names to {{sha256, bytes}}")
-    for name in [*files, *named_files(manifest)]:
-        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise EdgesegError(f"{path} is malformed: file name {name!r} points outside the bundle")
-    return manifest
+        return bundlecheck.read_manifest(bundle)
+    except bundlecheck.BundleError as exc:
+        raise EdgesegError(str(exc)) from None
 
 
 def verify_bundle(bundle: str | os.PathLike) -> dict[str, Any]:
-    """Read the manifest and check every listed file's size and sha256; return the manifest."""
-    bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    for name, entry in manifest["files"].items():
-        path = bundle / name
-        if not path.is_file():
-            raise EdgesegError(f"bundle {bundle} is incomplete: {name} is missing")
-        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-            raise EdgesegError(f"bundle {bundle} is corrupt or was modified: {name} does not match its sha256")
-    bank = manifest.get("bank")
-    for name in [manifest["model"], *([bank.get("file")] if isinstance(bank, dict) else [])]:
-        if name not in manifest["files"]:
-            raise EdgesegError(f"bundle {bundle} names file {name} but does not list it")
-    return manifest
+    """:func:`read_manifest`, then every listed file's size and sha256 (and ONNX external data, package
+    folders: :func:`edgeseg.bundlecheck.verify_bundle`); returns the manifest."""
+    try:
+        return bundlecheck.verify_bundle(bundle)
+    except bundlecheck.BundleError as exc:
+        raise EdgesegError(str(exc)) from None
 
 
 STAMPS = ("files", "format", "format_version", "created")  # fields finalize() writes
@@ -269,19 +247,72 @@ def reference_entry(prompts: int) -> dict[str, Any]:
     return {"file": REFERENCE, "prompts": prompts, "outputs": "torch fp32", "padding_rows": "zeros"}
 
 
+#: what a bundle's reference.npz must hold: name -> (dtype kinds, rank); at most MAX_REFERENCE_BYTES in all
+REFERENCE_ARRAYS = {"prompts": ("U", 1), "input_ids": ("i", 2), "memory": ("f", 3), "mask": ("b", 2)}
+MAX_REFERENCE_BYTES = 256 << 20
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """dtype and shape of every array in an .npz, read from the .npy headers (nothing is loaded)."""
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+            headers[info.filename.removesuffix(".npy")] = (dtype, shape)
+    return headers
+
+
 def load_reference(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The reference prompts, ids, FP32 memory and mask of a bundle, checked against its manifest."""
     manifest = manifest or read_manifest(bundle)
     name = (manifest.get("reference") or {}).get("file")
     if not name:
-        raise EdgesegError(f"bundle {bundle} carries no reference outputs")
-    with np.load(Path(bundle) / name, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        raise EdgesegError(f"bundle {printable(bundle)} carries no reference outputs")
+    path = Path(bundle) / name
+    try:
+        headers = _npz_headers(path)
+        _check_reference(headers, manifest)
+        with np.load(path, allow_pickle=False) as data:
+            reference = {k: data[k] for k in REFERENCE_ARRAYS}
+    except EdgesegError as exc:
+        raise EdgesegError(f"bundle {printable(bundle)}: {name} {exc}") from None
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as exc:
+        raise EdgesegError(f"bundle {printable(bundle)}: {name} is not a readable reference file "
+                           f"({printable(exc, 120)})") from None
+    if not np.isfinite(reference["memory"]).all():
+        raise EdgesegError(f"bundle {printable(bundle)}: {name} holds non-finite reference outputs")
+    return reference
+
+
+def _check_reference(headers: dict[str, tuple[np.dtype, tuple[int, ...]]], manifest: dict[str, Any]) -> None:
+    length, dim = manifest["context_length"], manifest["outputs"][0]["shape"][2]
+    total = 0
+    for key, (kinds, rank) in REFERENCE_ARRAYS.items():
+        if key not in headers:
+            raise EdgesegError(f"lacks the array {key!r}")
+        dtype, shape = headers[key]
+        if dtype.kind not in kinds or len(shape) != rank or dtype.hasobject:
+            raise EdgesegError(f"holds {key} as {dtype} {list(shape)}, not a {rank}-d {kinds!r}-kind array")
+        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    count = headers["prompts"][1][0]
+    wanted = {"input_ids": (count, length), "memory": (count, length, dim), "mask": (count, length)}
+    for key, shape in wanted.items():
+        if tuple(headers[key][1]) != shape:
+            raise EdgesegError(f"holds {key} of shape {list(headers[key][1])}; the manifest says {list(shape)}")
+    if total > MAX_REFERENCE_BYTES:
+        raise EdgesegError(f"would take {total / 2**20:.0f} MiB in memory; the limit is "
+                           f"{MAX_REFERENCE_BYTES >> 20} MiB")
 
 
 def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None):
     """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges),
     padding with the manifest's ``pad_id`` (0 when absent).
 
+    The ids the manifest records (``sot_id``, ``eot_id``, ``vocab_size``) must be the vocabulary's.
     Imported here, not at module level: ftfy and regex cost ~9 MB of RSS, which a process that answers
     every prompt from a prompt bank by its exact text never needs.
     """
@@ -290,7 +321,13 @@ def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None 
     manifest = manifest or read_manifest(bundle)
     spec = manifest["tokenizer"]
     try:
-        return Tokenizer(Path(bundle) / spec["vocab"], context_length=int(manifest["context_length"]),
-                         num_merges=spec.get("num_merges"), pad_id=int(spec.get("pad_id", 0)))
-    except (OSError, ValueError, EOFError) as exc:
-        raise EdgesegError(f"bundle {bundle}: cannot read its tokenizer vocabulary {spec['vocab']} ({exc})") from exc
+        tokenizer = Tokenizer(Path(bundle) / spec["vocab"], context_length=manifest["context_length"],
+                              num_merges=spec.get("num_merges"), pad_id=int(spec.get("pad_id", 0)))
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
+        raise EdgesegError(f"bundle {printable(bundle)}: cannot read its tokenizer vocabulary "
+                           f"{printable(spec['vocab'])} ({printable(exc, 160)})") from None
+    for key in ("sot_id", "eot_id", "vocab_size"):
+        if key in spec and spec[key] != getattr(tokenizer, key):
+            raise EdgesegError(f"bundle {printable(bundle)}: tokenizer.{key} is {spec[key]} but its vocabulary "
+                               f"{printable(spec['vocab'])} gives {getattr(tokenizer, key)}")
+    return tokenizer

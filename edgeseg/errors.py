@@ -18,7 +18,7 @@ from types import ModuleType
 
 #: extra -> the top-level modules it provides (setup.py's extras_require, by import name)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "build": ("torch", "onnx", "polygraphy", "safetensors"),
+    "build": ("torch", "onnx", "polygraphy", "safetensors", "onnxconverter_common", "psutil"),
     "sam3": ("sam3", "torchvision", "psutil", "skimage", "imageio", "av"),
     "coreml": ("coremltools",),
     "tensorrt": ("tensorrt",),

@@ -58,11 +58,13 @@ from edgeseg.bundle import (
     inherited,
     load_reference,
     model_files,
+    onnx_for_reading,
     save_reference,
     tool_versions,
     verify_bundle,
 )
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import work_dir
 from edgeseg.outputs import cosine, pooled, token_fidelity
 from edgeseg.tokenizer import VOCAB_SIZE
 from edgeseg.vocab import PRUNED_VOCAB_FILENAME, PrunedVocabulary, md5_file, prune_vocabulary
@@ -482,6 +484,15 @@ def prompts_hash(prompts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
 
 
+def _finite_reference(fp32: Path, ids: np.ndarray, threads: int | None, src: Path) -> list[np.ndarray]:
+    """The FP32 model's outputs on the gate's prompts: the reference every INT8 attempt is measured against."""
+    reference = _run(fp32, ids, threads)
+    if not np.isfinite(reference[0]).all():
+        raise EdgesegError(f"{src} gives non-finite outputs (NaN or Inf) on the evaluation prompts: nothing to "
+                           "quantize against")
+    return reference
+
+
 def quantize_bundle(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -517,14 +528,13 @@ def quantize_bundle(
     length = int(manifest["context_length"])
     tokenizer = bundle_tokenizer(src, manifest)
     eval_ids = tokenizer(list(eval_prompts), length).ids
-    fp32 = src / manifest["model"]
 
-    with bundle_writer(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
-        work = Path(work)
+    with bundle_writer(out) as tmp, work_dir(out) as work:
+        fp32 = onnx_for_reading(src, manifest, work)
         cache = work / "calibration_cache.json"
         model_path = tmp / MODEL_FILE
         say(f"running FP32 reference on {len(eval_ids)} evaluation prompts")
-        ref_memory, ref_mask = _run(fp32, eval_ids, threads)
+        ref_memory, ref_mask = _finite_reference(fp32, eval_ids, threads, src)
         candidates = weight_bearing_nodes(onnx.load(str(fp32), load_external_data=False))
         pruned, fp32_work, cand_tokenizer = (None, fp32, tokenizer) if prune_prompts is None else \
             _prune_stage(src, manifest, fp32, tmp, work, prune_prompts, tokenizer, say)

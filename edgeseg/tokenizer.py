@@ -12,6 +12,14 @@ The specification is ``shared/reference/encoders.md`` section 1. In short:
   with the pad id: 0 as SAM3 and efficientsam3 pad, or 49407 (``<|endoftext|>``, the same id as
   EOT) as transformers' CLIP tokenizer pads (the padding semantics, :mod:`edgeseg.encoders.base`).
 
+Bounded work, without changing the ids of any prompt that fits a context of at most
+:data:`MAX_CONTEXT_LENGTH` (Meta's tokenizer takes hours on a 10 MB word): BPE runs on a priority
+queue (O(n log n) per word); a prompt is tokenized only until it has more than
+:data:`MAX_CONTEXT_LENGTH` content tokens (``lengths`` counts at most that many + 3); only the first
+``max_word_bytes`` bytes of a word are merged, where ``max_word_bytes`` = the longest token (32 bytes in
+CLIP's vocabulary) x (:data:`MAX_CONTEXT_LENGTH` + 1), so such a word alone has more tokens than any
+context holds.
+
 This module needs neither torch nor any model: the deployment path uses it as is. Ids come back as
 numpy int64 arrays. One :class:`Tokenizer` per process is enough (see :func:`get_tokenizer`); it
 reads the vocabulary once and caches the BPE of every word it has seen.
@@ -22,6 +30,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import heapq
 import html
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,11 +51,18 @@ SEMANTICS = ("efficientsam3", "transformers")
 MASK_RULES = {"efficientsam3": "input_ids == 0", "transformers": "positions after the first EOT"}
 VOCAB_SIZE = 49408
 NUM_MERGES = 49152 - 256 - 2  # 48,894 merge lines are used, after the header line
+MAX_MERGES = (1 << 16) - 512 - 2  # ids (512 + merges + SOT/EOT) are packed as 16-bit pairs
 VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_MD5 = "933b7abbbbde62c36f02f0e6ccde464f"
+MAX_VOCAB_LINE = 4096  # a merge line is "a b" with tokens of a few dozen characters
+MAX_TOKEN_BYTES = 256  # CLIP's longest token has 32 bytes; longer ones would loosen the bounded-work cap
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
+#: the longest context edgeseg packs prompts to (CLIP's table has 77 rows; SAM3 uses 32, the students 16)
+MAX_CONTEXT_LENGTH = 512
+#: words kept in a tokenizer's cache (beyond it the cache starts over: a long-running process stays bounded)
+CACHE_WORDS = 200_000
 
-_WHITESPACE = regex.compile(r"\s+")
+_WHITESPACE = regex.compile(r"\s{2,}|[^\S ]")  # a whitespace run that is not one space
 
 
 def default_vocab_path() -> Path:
@@ -120,13 +136,13 @@ class Tokenizer:
 
     def __init__(self, vocab_path: str | Path | None = None, context_length: int = 32,
                  num_merges: int | None = None, pad_id: int = PAD_ID):
-        if context_length < 2:
-            raise ValueError(f"context_length must be at least 2 (SOT and EOT), got {context_length}")
-        self.context_length = int(context_length)
+        self.context_length = check_context_length(context_length)
         self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         # A pruned vocabulary (edgeseg.vocab) keeps fewer merges; ids stay "bytes, bytes</w>, one
         # per merge, SOT, EOT", so SOT/EOT move down and the pad id stays 0.
         self.num_merges = NUM_MERGES if num_merges is None else int(num_merges)
+        if not 0 <= self.num_merges <= MAX_MERGES:
+            raise ValueError(f"num_merges must be 0..{MAX_MERGES} (ids are 16-bit), got {self.num_merges}")
         self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         # BPE runs on ids, not strings: a merge's product is the id 512 + its rank, and the merge
@@ -135,7 +151,8 @@ class Tokenizer:
         # peak RSS counts it). The strings (encoder, decoder, merges) are built only on demand.
         self._char_ids = {c: i for i, c in enumerate(self.byte_encoder.values())}
         self._end_ids = {c: i + 256 for i, c in enumerate(self.byte_encoder.values())}
-        self._pair_ranks = _pair_ranks(str(self.vocab_path), self.num_merges)
+        self._pair_ranks, longest = _pair_ranks(str(self.vocab_path), self.num_merges)
+        self.max_word_bytes = max(longest, 1) * (MAX_CONTEXT_LENGTH + 1)
         self.vocab_size = 512 + self.num_merges + len(SPECIAL_TOKENS)
         self.sot_id = 512 + self.num_merges
         self.eot_id = self.sot_id + 1
@@ -173,6 +190,8 @@ class Tokenizer:
         if cached is not None:
             return cached
         ids = tuple(self.merge_ids(piece))
+        if len(self._cache) >= CACHE_WORDS:
+            self._cache = {token: self._cache[token] for token in SPECIAL_TOKENS}
         self._cache[piece] = ids
         return ids
 
@@ -180,50 +199,62 @@ class Tokenizer:
         """BPE ids of one byte-mapped pre-token; the ranks of the merges used go to ``applied``.
 
         Greedy, as CLIP's reference: repeatedly merge every occurrence (left to right, no overlap)
-        of the adjacent pair with the lowest rank, until no adjacent pair has a rank.
+        of the adjacent pair with the lowest rank, until no adjacent pair has a rank. Done with a
+        priority queue of (rank, position) over a linked list of symbols: O(n log n) instead of the
+        reference's O(n x merges). Popping in (rank, position) order merges the occurrences of the
+        lowest-rank pair left to right, skipping overlapping ones (their left symbol is gone); a
+        merge's product only forms pairs of higher rank (a merge line may use only earlier tokens,
+        which :func:`_pair_ranks` checks), so each rank is one round of the reference.
         """
         word = [*(self._char_ids[c] for c in piece[:-1]), self._end_ids[piece[-1]]]
+        n = len(word)
         ranks = self._pair_ranks
-        while len(word) > 1:
-            best_rank = None
-            for first, second in zip(word, word[1:]):
-                r = ranks.get(first << 16 | second)
-                if r is not None and (best_rank is None or r < best_rank):
-                    best_rank, pair = r, (first, second)
-            if best_rank is None:
-                break
-            if applied is not None:
-                applied.append(best_rank)
-            first, second = pair
-            merged = 512 + best_rank
-            out: list[int] = []
-            i, n = 0, len(word)
-            while i < n:
-                if i < n - 1 and word[i] == first and word[i + 1] == second:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            word = out
-        return word
+        heap = [(r, i) for i in range(n - 1) if (r := ranks.get(word[i] << 16 | word[i + 1])) is not None]
+        heapq.heapify(heap)
+        following, preceding = [*range(1, n), -1], [*range(-1, n - 1)]
+        last = -1
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = following[i]
+            if word[i] < 0 or j < 0 or ranks.get(word[i] << 16 | word[j]) != rank:
+                continue  # stale: a symbol of this pair was merged away since it was pushed
+            if applied is not None and rank != last:
+                applied.append(rank)
+            last = rank
+            word[i], word[j] = 512 + rank, -1
+            k = following[i] = following[j]
+            if k >= 0:
+                preceding[k] = i
+                if (r := ranks.get(word[i] << 16 | word[k])) is not None:
+                    heapq.heappush(heap, (r, i))
+            h = preceding[i]
+            if h >= 0 and (r := ranks.get(word[h] << 16 | word[i])) is not None:
+                heapq.heappush(heap, (r, h))
+        return [w for w in word if w >= 0]
 
     def merge(self, piece: str, applied: list[int] | None = None) -> list[str]:
         """BPE symbols (strings) of one byte-mapped pre-token; see :meth:`merge_ids`."""
         decoder = self.decoder
         return [decoder[i] for i in self.merge_ids(piece, applied)]
 
+    def _pieces(self, text: str) -> Iterator[str]:
+        byte_encoder, cap = self.byte_encoder, self.max_word_bytes
+        for match in self._pattern.finditer(clean_text(text)):
+            data = match.group(0).encode("utf-8")[:cap]  # see the module docs: bounded work
+            yield "".join(byte_encoder[b] for b in data)
+
     def pieces(self, text: str) -> list[str]:
         """The byte-mapped pre-tokens of one prompt, after SAM3's cleaning."""
-        byte_encoder = self.byte_encoder
-        return ["".join(byte_encoder[b] for b in piece.encode("utf-8"))
-                for piece in self._pattern.findall(clean_text(text))]
+        return list(self._pieces(text))
 
     def encode(self, text: str) -> list[int]:
-        """Content ids of one prompt (no SOT/EOT, no truncation)."""
+        """Content ids of one prompt (no SOT/EOT, no truncation), at most ``MAX_CONTEXT_LENGTH + 1`` of them."""
         ids: list[int] = []
-        for piece in self.pieces(text):
+        for piece in self._pieces(text):
             ids.extend(self.bpe(piece))
+            if len(ids) > MAX_CONTEXT_LENGTH:
+                del ids[MAX_CONTEXT_LENGTH + 1:]
+                break
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -239,9 +270,7 @@ class Tokenizer:
         tokenizer's); see :class:`TokenizedBatch`."""
         if isinstance(texts, str):
             texts = [texts]
-        length = int(context_length or self.context_length)
-        if length < 2:
-            raise ValueError(f"context_length must be at least 2 (SOT and EOT), got {length}")
+        length = check_context_length(context_length or self.context_length)
         pad = self.pad_id if pad_id is None else int(pad_id)
         ids = np.full((len(texts), length), pad, dtype=np.int64)
         lengths = np.zeros(len(texts), dtype=np.int64)
@@ -259,12 +288,11 @@ def _merge_lines(path: str, num_merges: int) -> Iterator[tuple[str, str]]:
     """The first ``num_merges`` merge pairs after the header, read lazily (the file holds 262k)."""
     count = 0
     with gzip.open(path, "rt", encoding="utf-8", newline="\n") as fh:
-        fh.readline()  # "#version: ..." header
-        for line in fh:
-            if count == num_merges:
-                break
+        fh.readline(MAX_VOCAB_LINE)  # "#version: ..." header
+        while count < num_merges:
+            line = fh.readline(MAX_VOCAB_LINE)
             pair = line.rstrip("\n").split()
-            if len(pair) != 2:
+            if len(pair) != 2 or len(line) == MAX_VOCAB_LINE:
                 break
             count += 1
             yield pair[0], pair[1]
@@ -280,14 +308,16 @@ def _read_merges(path: str, num_merges: int = NUM_MERGES) -> tuple[tuple[str, st
     return tuple((sys.intern(a), sys.intern(b)) for a, b in _merge_lines(path, num_merges))
 
 
-def _pair_ranks(path: str, num_merges: int) -> dict[int, int]:
-    """``(first_id << 16 | second_id) -> rank`` for every merge; the product of merge r is id 512 + r.
+def _pair_ranks(path: str, num_merges: int) -> tuple[dict[int, int], int]:
+    """``(first_id << 16 | second_id) -> rank`` for every merge (the product of merge r is id 512 + r),
+    and the length in bytes of the longest token.
 
     Token strings are needed only while reading (to give each half its id) and are dropped before
     the table is built, so they do not stay interleaved with it in memory.
     """
     ids = {s: i for i, s in enumerate(base_tokens())}
     keys = np.empty(num_merges, dtype=np.int64)
+    longest = 1
     for rank, (first, second) in enumerate(_merge_lines(path, num_merges)):
         a, b = ids.get(first), ids.get(second)
         merged = first + second
@@ -296,14 +326,26 @@ def _pair_ranks(path: str, num_merges: int) -> dict[int, int]:
                              + ("repeats a token" if merged in ids else "uses an unknown token"))
         keys[rank] = a << 16 | b
         ids[merged] = 512 + rank
+        longest = max(longest, len(merged.removesuffix("</w>")))  # one character per byte
+    if longest > MAX_TOKEN_BYTES:
+        raise ValueError(f"{path} is not a CLIP BPE vocabulary: a token of {longest} bytes (at most {MAX_TOKEN_BYTES})")
     del ids
-    return dict(zip(keys.tolist(), range(num_merges)))
+    return dict(zip(keys.tolist(), range(num_merges))), longest
+
+
+def check_context_length(length) -> int:
+    """``length`` as an int in 2..MAX_CONTEXT_LENGTH (SOT and EOT need 2), else ValueError."""
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or \
+            not 2 <= length <= MAX_CONTEXT_LENGTH:
+        raise ValueError(f"context length must be an integer in 2..{MAX_CONTEXT_LENGTH} (SOT and EOT need 2), "
+                         f"got {length!r}")
+    return int(length)
 
 
 @functools.cache
-def get_tokenizer(vocab_path: str | None = None) -> Tokenizer:
-    """The process-wide tokenizer for a vocabulary file (the shipped one by default)."""
-    return Tokenizer(vocab_path)
+def get_tokenizer(vocab_path: str | None = None, pad_id: int = PAD_ID) -> Tokenizer:
+    """The process-wide tokenizer for a vocabulary file (the shipped one by default) and pad id."""
+    return Tokenizer(vocab_path, pad_id=pad_id)
 
 
 def file_md5(path: str | Path) -> str:

@@ -249,9 +249,10 @@ def test_writer_accepts_an_existing_empty_directory(tmp_path):
 def test_writer_replaces_an_existing_bundle(bundle):
     (bundle / "stale.txt").write_text("left over from the old bundle")  # not listed, must go
     new_files = {"model.onnx": b"new model", "vocab.txt.gz": b"new vocab"}
+    fields = {k: v for k, v in _fields().items() if k != "reference"}  # no reference.npz in the new one
     with bundle_writer(bundle) as tmp:
         _fill(tmp, new_files)
-        finalize(tmp, _fields())
+        finalize(tmp, fields)
     manifest = verify_bundle(bundle)
     assert sorted(manifest["files"]) == sorted(new_files)
     assert sorted(p.name for p in bundle.iterdir()) == sorted([*new_files, "manifest.json"])
@@ -347,3 +348,42 @@ def test_externalized_onnx_weights_are_page_aligned_and_load(tmp_path):
     x = rng.standard_normal((2, 7)).astype(np.float32)
     (y,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     np.testing.assert_allclose(y, x @ weights[0] @ weights[1] @ weights[2], rtol=1e-4, atol=1e-4)
+
+
+# ---- the schema: jsonschema and the built-in validator (the Jetson kit without jsonschema) agree ----------
+SCHEMA_CASES = {
+    "valid": lambda m: None,
+    "context string": lambda m: m.update(context_length="16"),
+    "context bool": lambda m: m.update(context_length=True),
+    "context float": lambda m: m.update(context_length=16.0),
+    "context range": lambda m: m.update(context_length=513),
+    "precision": lambda m: m.update(precision="int4"),
+    "tokenizer null": lambda m: m.update(tokenizer=None),
+    "vocab type": lambda m: m["tokenizer"].update(vocab=["a"]),
+    "sot range": lambda m: m["tokenizer"].update(sot_id=70000),
+    "files entry extra": lambda m: m["files"]["model.onnx"].update(extra=1),
+    "files entry sha": lambda m: m["files"]["model.onnx"].update(sha256="0" * 63),
+    "files entry bytes bool": lambda m: m["files"]["model.onnx"].update(bytes=False),
+    "inputs empty": lambda m: m.update(inputs=[]),
+    "shape item": lambda m: m["outputs"][0].update(shape=["batch", 16, -1]),
+    "dtype": lambda m: m["outputs"][1].update(dtype="uint8"),
+    "engine batch": lambda m: m.update(engine={"max_batch": 0}),
+    "gate": lambda m: m.update(fidelity={"gate": {"mean_cosine": "high"}}),
+    "required": lambda m: m.pop("backend"),
+    "reference null": lambda m: m.update(reference=None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_CASES))
+def test_both_validators_report_the_same_violation(bundle, case):
+    from edgeseg.bundlecheck import schema_violation
+
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    SCHEMA_CASES[case](manifest)
+    with_jsonschema = schema_violation(manifest, use_jsonschema=True)
+    built_in = schema_violation(manifest, use_jsonschema=False)
+    if case in ("valid", "reference null"):
+        assert with_jsonschema is None and built_in is None
+    else:
+        assert with_jsonschema is not None and built_in is not None
+        assert with_jsonschema[:2] == built_in[:2]  # the same field and the same rule

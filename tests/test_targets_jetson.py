@@ -82,7 +82,8 @@ def test_int8_bundle_is_self_contained_and_verifies(int8_build):
     manifest = verify_bundle(out)
     assert manifest == result.manifest
     assert set(manifest["files"]) == {"model.onnx", "model.onnx.data", "bpe_vocab.txt.gz", "reference.npz",
-                                      "build_engine.py", "trt_lint.py", "trt_support.json"}
+                                      "build_engine.py", "trt_lint.py", "trt_support.json", "bundlecheck.py",
+                                      "manifest.schema.json"}
     assert (manifest["target"], manifest["backend"], manifest["model"], manifest["precision"]) == (
         "jetson", "onnxruntime", "model.onnx", "int8")
     engine = manifest["engine"]
@@ -196,12 +197,15 @@ def test_script_imports_only_numpy_tensorrt_polygraphy_and_stdlib(int8_build):
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
-    assert roots - set(sys.stdlib_module_names) == {"numpy", "tensorrt", "polygraphy"}
-    # the lint it runs first: numpy and onnx (imported only when a graph is linted)
-    tree = ast.parse((out / "trt_lint.py").read_text())
-    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
-    assert roots - set(sys.stdlib_module_names) == {"onnx"}
+    # edgeseg only when imported by edgeseg itself; on the device the bundle rules come from bundlecheck.py
+    assert roots - set(sys.stdlib_module_names) == {"numpy", "tensorrt", "polygraphy", "edgeseg"}
+    # the lint it runs first: numpy and onnx (imported only when a graph is linted); the bundle rules:
+    # the standard library (jsonschema when it is installed)
+    for name, allowed in (("trt_lint.py", {"onnx"}), ("bundlecheck.py", {"jsonschema"})):
+        tree = ast.parse((out / name).read_text())
+        roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert roots - set(sys.stdlib_module_names) == allowed, name
     code = ("import runpy, sys; sys.argv = ['build_engine.py', '--dry-run']\n"
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
             "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'edgeseg'}), rc)")

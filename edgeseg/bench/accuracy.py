@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.outputs import Encoded, cosine, pooled
+from edgeseg.outputs import Encoded, pooled, token_fidelity
 
 
 def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
@@ -25,12 +25,9 @@ def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
     if candidate.memory.shape[0] != teacher.memory.shape[0]:
         raise ValueError("candidate and teacher encoded different numbers of prompts")
     length = min(candidate.memory.shape[1], teacher.memory.shape[1])
-    cand, ref = candidate.memory[:, :length].astype(np.float64), teacher.memory[:, :length].astype(np.float64)
-    valid = ~candidate.mask[:, :length] & ~teacher.mask[:, :length]
-    counts = np.maximum(valid.sum(1), 1)
-    token_cos = cosine(cand, ref)
-    per_prompt_cos = (token_cos * valid).sum(1) / counts
-    per_prompt_mse = (((cand - ref) ** 2).mean(-1) * valid).sum(1) / counts
+    # the gate's metric (edgeseg.outputs.token_fidelity) on the positions valid in both
+    tokens = token_fidelity(candidate.memory[:, :length], teacher.memory[:, :length],
+                            candidate.mask[:, :length] | teacher.mask[:, :length])
     mask_mismatch = int((candidate.mask[:, :length] != teacher.mask[:, :length]).any(1).sum())
     cand_pooled = pooled(candidate.memory, candidate.mask)
     ref_pooled = pooled(teacher.memory, teacher.mask)
@@ -41,11 +38,11 @@ def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
     rank = (sims > own[:, None]).sum(1)  # 0 = own teacher embedding is the nearest
     truncated = int((~candidate.mask).all(1).sum())  # every position valid: the prompt filled the context
     return {
-        "prompts": int(len(per_prompt_cos)),
+        "prompts": tokens["prompts"],
         "compared_positions": length,
-        "mean_token_cosine": float(per_prompt_cos.mean()),
-        "worst_token_cosine": float(per_prompt_cos.min()),
-        "mse": float(per_prompt_mse.mean()),
+        "mean_token_cosine": tokens["mean_cosine"],
+        "worst_token_cosine": tokens["worst_cosine"],
+        "mse": tokens["mse"],
         "pooled_cosine_mean": float(own.mean()),
         "retrieval_top1": float((rank == 0).mean()),
         "retrieval_top5": float((rank < 5).mean()),

@@ -51,6 +51,10 @@ def version(name: str) -> str | None:
         return None
 
 
+#: what benchmarks write (outputs, not inputs): changes there do not make a tree dirty
+OUTPUT_PATHS = ("benchmarks/reports",)
+
+
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit of the edgeseg checkout and whether tracked files differ from it (None outside git)."""
     def git(*args: str) -> str | None:
@@ -60,8 +64,12 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "tracked_changes": bool(status) if status is not None else None}
+    tracked = git("status", "--porcelain", "--untracked-files=no")
+    everything = git("status", "--porcelain", "--", ".", *[f":!{p}" for p in OUTPUT_PATHS])
+    return {"commit": git("rev-parse", "HEAD"), "tracked_changes": bool(tracked) if tracked is not None else None,
+            "dirty": bool(everything) if everything is not None else None,
+            "dirty_how": ("git status --porcelain is not empty (tracked changes or untracked files not ignored), "
+                          f"outside {', '.join(OUTPUT_PATHS)} (benchmark outputs)")}
 
 
 def gpu_info() -> dict[str, Any] | None:
@@ -91,7 +99,7 @@ def environment(threads: int) -> dict[str, Any]:
 
 
 class CpuMeter:
-    """CPU time the rest of the machine used while a phase ran (from /proc/stat minus this process tree).
+    """CPU time the rest of the machine used while a phase ran (psutil: all CPUs minus this process tree).
 
     ``other_cores`` is the average number of cores busy with other processes: on an idle machine
     it is near 0; a value near 1 on a 2-core machine means half the CPU went elsewhere and the
@@ -102,25 +110,22 @@ class CpuMeter:
         self.start = self._read()
 
     @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as fh:
-                values = [int(v) for v in fh.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        busy = (sum(values) - values[3] - values[4]) / tick  # all but idle and iowait
-        mine = os.times()
-        return busy, mine.user + mine.system + mine.children_user + mine.children_system, time.monotonic()
+    def _read() -> tuple[float, float, float]:
+        import psutil
+
+        total = psutil.cpu_times()
+        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        mine = psutil.Process().cpu_times()
+        own = mine.user + mine.system + getattr(mine, "children_user", 0.0) + getattr(mine, "children_system", 0.0)
+        return busy, own, time.monotonic()
 
     def stop(self) -> dict[str, Any]:
         end = self._read()
-        if self.start is None or end is None:
-            return {"other_cores": None}
         wall = max(end[2] - self.start[2], 1e-9)
         other = max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1]))
         return {"other_cores": other / wall, "other_cpu_s": other, "wall_s": wall, "cpus": os.cpu_count(),
-                "how": "/proc/stat busy time minus this process's and its children's CPU time, over the wall time"}
+                "how": "psutil.cpu_times() busy time minus this process's and its children's CPU time, over the "
+                       "wall time"}
 
 
 def background_load(seconds: float = 3.0) -> float | None:

@@ -1,6 +1,6 @@
 """Memory: static (weights by dtype, bundle files) and dynamic (peak RSS of a fresh process).
 
-Peak RSS is the kernel's high-water mark of a *fresh* process that imports what it needs, loads one
+Peak RSS (through ``psutil``) is that of a *fresh* process that imports what it needs, loads one
 model and encodes the same prompts, so every candidate starts from nothing and what another
 candidate allocated never counts. On CUDA the torch child also reports ``torch.cuda.max_memory_allocated``.
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +22,13 @@ from edgeseg.bench.env import REPO_ROOT
 log = logging.getLogger(__name__)
 MB = 1_000_000  # decimal megabytes everywhere in reports
 
-RUNTIME_CHILD = r"""
-import json, resource, sys, time
+#: the child's resident size at its end (psutil): a lower bound that the parent's samples must reach
+_SELF_RSS = ("import sys, psutil\n"
+              "def self_rss_bytes():\n"
+              "    return psutil.Process().memory_info().rss\n")
+
+RUNTIME_CHILD = _SELF_RSS + r"""
+import json, time
 t0 = time.perf_counter()
 from edgeseg.runtime import load
 bundle, prompts_file, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -35,13 +38,13 @@ with load(bundle, threads=threads) as runner:
     encoded = runner.encode(prompts, batch_size=batch)
     t2 = time.perf_counter()
 sys.stdout.write(json.dumps({"torch_imported": "torch" in sys.modules, "modules": len(sys.modules),
-                  "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "self_rss_bytes": self_rss_bytes(),
                   "prompts": int(encoded.memory.shape[0]), "memory_shape": list(encoded.memory.shape),
                   "import_load_s": t1 - t0, "encode_s": t2 - t1}) + "\n")
 """
 
-TORCH_CHILD = r"""
-import json, resource, sys, time
+TORCH_CHILD = _SELF_RSS + r"""
+import json, time
 t0 = time.perf_counter()
 import torch
 name, checkpoint, prompts_file, threads, batch, device = sys.argv[1:7]
@@ -55,49 +58,69 @@ encoded = encode_prompts(model, prompts, batch_size=int(batch))
 t2 = time.perf_counter()
 gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
 sys.stdout.write(json.dumps({"torch_imported": True, "modules": len(sys.modules),
-                  "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "gpu_peak_allocated_bytes": gpu,
+                  "self_rss_bytes": self_rss_bytes(), "gpu_peak_allocated_bytes": gpu,
                   "prompts": int(encoded.memory.shape[0]), "memory_shape": list(encoded.memory.shape),
                   "import_load_s": t1 - t0, "encode_s": t2 - t1}) + "\n")
 """
 
-TIME_V = "/usr/bin/time"
+
+def _tree_rss(proc: Any) -> int:
+    """Resident bytes of a process and its children now (0 once it has exited)."""
+    import psutil
+
+    total = 0
+    try:
+        for member in [proc, *proc.children(recursive=True)]:
+            total += member.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        pass
+    return total
 
 
-def run_measured(command: Sequence[str], cwd: Path = REPO_ROOT) -> dict[str, Any]:
-    """Run ``command`` as a fresh process; its peak RSS from ``/usr/bin/time -v`` or ``os.wait4``.
+def sample_peak(proc: Any, interval_s: float = 0.005) -> int:
+    """Largest resident size of ``proc`` (a ``psutil.Popen``) and its children, sampled until it exits."""
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc))
+        time.sleep(interval_s)
+    return peak
 
+
+def run_measured(command: Sequence[str], cwd: Path = REPO_ROOT, interval_s: float = 0.005) -> dict[str, Any]:
+    """Run ``command`` as a fresh process; its peak resident memory through psutil.
+
+    The parent samples the process tree's RSS with ``psutil`` every ``interval_s`` (Linux, macOS,
+    Jetson alike); the child scripts also report their own RSS when done (``self_rss_bytes``).
+    ``peak_rss_bytes`` is the larger. (``getrusage``'s ``ru_maxrss`` is not used: on Linux a child
+    started from a big process inherits the parent's high-water mark through fork.)
     The child's last stdout line that starts with ``{`` is parsed as JSON and merged in as ``child_*``.
     """
+    import psutil
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        if os.path.exists(TIME_V):
-            rc = subprocess.run([TIME_V, "-v", *command], stdout=out, stderr=err, cwd=cwd, env=env).returncode
-            err.seek(0)
-            stderr = err.read()
-            match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
-            maxrss_kb = int(match.group(1)) if match else None
-            how = "/usr/bin/time -v 'Maximum resident set size' of the fresh process"
-        else:
-            proc = subprocess.Popen(list(command), stdout=out, stderr=err, cwd=cwd, env=env)
-            _, status, usage = os.wait4(proc.pid, 0)
-            rc, maxrss_kb = os.waitstatus_to_exitcode(status), usage.ru_maxrss
-            err.seek(0)
-            stderr = err.read()
-            how = "os.wait4 rusage ru_maxrss of the fresh process"
+        proc = psutil.Popen(list(command), stdout=out, stderr=err, cwd=cwd, env=env)
+        sampled = sample_peak(proc, interval_s)
+        rc = proc.wait()
         wall = time.perf_counter() - start
         out.seek(0)
-        stdout = out.read()
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     report: dict[str, Any] = {}
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
             report = json.loads(line)
             break
-    result = {"returncode": rc, "peak_rss_kb": maxrss_kb, "peak_rss_mb": maxrss_kb * 1024 / MB if maxrss_kb else None,
-              "wall_s": wall, "measured_with": how, **{f"child_{k}": v for k, v in report.items()}}
+    own = report.get("self_rss_bytes")
+    peak = max(sampled, own or 0) or None
+    result = {"returncode": rc, "peak_rss_bytes": peak, "peak_rss_mb": peak / MB if peak else None,
+              "sampled_peak_rss_bytes": sampled, "wall_s": wall,
+              "measured_with": f"psutil: RSS of the process tree sampled every {interval_s * 1e3:g} ms (and the "
+                               "child's own RSS when done); the larger",
+              **{f"child_{k}": v for k, v in report.items()}}
     if rc != 0:
-        result["stderr_tail"] = [line for line in stderr.splitlines() if "Command being timed" not in line][-5:]
+        result["stderr_tail"] = stderr.splitlines()[-5:]
     return result
 
 
@@ -116,7 +139,12 @@ def torch_weights(model: Any) -> dict[str, Any]:
     seen: set[int] = set()
     by_dtype: dict[str, int] = {}
     count = 0
-    for tensor in model.state_dict().values():
+    def tensors(value: Any) -> list[Any]:  # torch INT8 modules store (weight, bias) tuples of packed params
+        if isinstance(value, (tuple, list)):
+            return [t for v in value for t in tensors(v)]
+        return [value] if hasattr(value, "data_ptr") and value is not None else []
+
+    for tensor in [t for v in model.state_dict().values() for t in tensors(v)]:
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())

@@ -1,9 +1,15 @@
-"""``report.md``, PNG plots and the README results table from a bench ``results.json``."""
+"""``report.md``, PNG plots and the README tables from a bench ``results.json``.
+
+Every README table is rendered here from a committed results file (``benchmarks/readme_table.py``
+writes them between ``<!-- table:NAME:start -->`` and ``<!-- table:NAME:end -->``): :data:`README_TABLES`.
+Optional results sections render through :func:`register_renderer`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +17,6 @@ from edgeseg.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 MB = 1_000_000
-TABLE_START = "<!-- bench-table:start -->"
-TABLE_END = "<!-- bench-table:end -->"
 
 
 def md_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
@@ -34,88 +38,140 @@ def machine_line(results: dict[str, Any]) -> str:
             f"torch {env['versions'].get('torch')}, onnxruntime {env['versions'].get('onnxruntime')}")
 
 
-def results_table(results: dict[str, Any], batch: str = "1") -> str:
-    """The README table: one row per candidate (baseline first), size, latency, memory, accuracy."""
-    lat = results["latency"]["batches"].get(batch) or next(iter(results["latency"]["batches"].values()))
-    static, dynamic = results["memory"]["static"], results["memory"]["dynamic"]
-    acc = results["accuracy"]["rows"]
-    seg = results.get("segmentation", {}).get("summary", {})
+def provenance(results: dict[str, Any]) -> str:
+    """Where a table's figures come from: machine, weights, command, commit and whether the tree was clean."""
+    git = results["environment"]["git"]
+    weights = "**random/synthetic weights**" if results.get("random_weights") else "real checkpoints"
+    cpu = (results.get("latency") or {}).get("background_cpu", {}).get("other_cores")
+    busy = f"; other processes used {cpu:.2f} cores during the latency rounds" if cpu is not None else ""
+    return (f"_{machine_line(results)}; {weights}; generated {results['created']} by `{results['command']}` "
+            f"(suite {results.get('suite') or '-'}, edgeseg {str(git.get('commit'))[:10]}, "
+            f"dirty: {str(results.get('dirty')).lower()}{busy})._")
+
+
+# -- README tables ---------------------------------------------------------------------------------
+def _size(results: dict[str, Any], key: str) -> tuple[float | None, float | None]:
+    """Bundle bytes (or torch weights) and the ratio to the baseline; own-length variants: their model's."""
+    key = results["candidates"][key].get("shares_weights_with") or key
+    st = results["memory"]["static"].get(key, {})
+    size = st.get("bundle_bytes", st.get("weights_bytes"))
+    return (size / MB if size else None), st.get("bundle_ratio_vs_baseline", st.get("weights_ratio_vs_baseline"))
+
+
+def headline_table(results: dict[str, Any], batch: str = "1") -> str:
+    """Size, latency vs both baselines, efficiency vs the GEMM floor, peak RSS and fidelity per candidate."""
+    lat = results["latency"]["batches"][batch]
+    eff = (results.get("efficiency") or {}).get("batches", {}).get(batch, {})
+    dynamic, fid = results["memory"]["dynamic"], (results.get("fidelity") or {}).get("rows", {})
     rows = []
     for key, cand in results["candidates"].items():
-        st, dy, row = static.get(key, {}), dynamic.get(key, {}), lat.get(key, {})
-        size = st.get("bundle_bytes", st.get("weights_bytes"))
-        s = seg.get(key, {})
-        rows.append([
-            f"`{key}`", str(cand["context_length"]), _f(size / MB if size else None, "{:.1f}"),
-            _f(st.get("bundle_ratio_vs_baseline", st.get("weights_ratio_vs_baseline")), "{:.1f}x"),
-            _f(row.get("p50_ms")), _f(row.get("speedup_vs_baseline"), "{:.1f}x"),
-            _f(dy.get("peak_rss_mb"), "{:.0f}"), _f(dy.get("peak_rss_ratio_vs_baseline"), "{:.1f}x"),
-            _f(acc.get(key, {}).get("mean_token_cosine"), "{:.3f}"), _f(acc.get(key, {}).get("retrieval_top1"),
-                                                                       "{:.2f}"),
-            (f"{s['mean_mask_iou']:.3f} / {s['mean_top1_mask_iou']:.3f}"
-             + (f" ({s['both_empty_prompts']}/{s['prompts']} empty)" if s.get("both_empty_prompts") else "")
-             if s else "-"),
-        ])
-    weights = "**random/synthetic weights**" if results.get("random_weights") else "real checkpoints"
-    lines = [
-        md_table(["candidate", "ctx", "size MB", "smaller", f"p50 ms (batch {batch})", "faster", "peak RSS MB",
-                  "less RSS", "token cos vs teacher", "retrieval top-1",
-                  "mask IoU vs teacher: detections / top-1 query"], rows, "lrrrrrrrrrr"),
-        "",
-        f"_{machine_line(results)}; {weights}; generated {results['created']} by `{results['command']}` "
-        f"(edgeseg {str(results['environment']['git'].get('commit'))[:10]}"
-        f"{', modified' if results['environment']['git'].get('tracked_changes') else ''}). Size = bundle files, or "
-        f"FP32 weights for torch encoders; ratios = baseline / candidate from the same run; mask IoU: union of "
-        f"detected masks (1.0 when both runs detect nothing: 'empty') / the top-scoring query's mask; the baseline "
-        f"row is SAM3's own features injected through the adapter (a check)._",
-    ]
-    return "\n".join(lines)
+        row, size = lat[key], _size(results, key)
+        f = fid.get(key, {}).get("recomputed")
+        rows.append([f"`{key}`", cand.get("sequence", "-"), _f(size[0], "{:.1f}"), _f(size[1], "{:.1f}x"),
+                     _f(row["p50_ms"]), _f(row.get("speedup_vs_fixed"), "{:.1f}x"),
+                     _f(row.get("speedup_vs_dynamic"), "{:.1f}x"), _f(row["first_call_after_switch"]["p50_ms"]),
+                     _f(eff.get(key, {}).get("efficiency"), "{:.0%}"),
+                     _f(dynamic.get(key, {}).get("peak_rss_mb"), "{:.0f}"),
+                     f"{f['mean_cosine']:.5f} / {f['worst_cosine']:.5f} vs `{fid[key]['vs']}`" if f else "-"])
+    return "\n".join([
+        md_table(["model", "sequence", "size MB", "smaller", f"p50 ms (batch {batch})", "x vs fixed-32",
+                  "x vs own-length", "1st call after switch ms", "GEMM efficiency", "peak RSS MB",
+                  "fidelity mean / worst"], rows, "llrrrrrrrrl"), "", provenance(results)])
 
 
-def replace_table(readme: str, table: str) -> str:
-    start, end = readme.find(TABLE_START), readme.find(TABLE_END)
+def bars_table(results: dict[str, Any]) -> str:
+    rows = [[b["bar"], b["target"], b["measured_text"] + (f" (`{b['which']}`)" if b.get("which") else ""),
+             verdict(b["passed"], b["informational"]), b.get("note", "")] for b in results.get("bars", [])]
+    return "\n".join([md_table(["bar", "target", "measured", "result", "note"], rows), "", provenance(results)])
+
+
+def segmentation_table(results: dict[str, Any]) -> str:
+    """Agreement with the teacher: embeddings on eval prompts, and masks through SAM3's image model."""
+    acc, seg = results["accuracy"]["rows"], results.get("segmentation", {})
+    summary, e2e = seg.get("summary", {}), seg.get("end_to_end", {}).get("per_prompt_s", {})
+    rows = []
+    for key in results["candidates"]:
+        s, a = summary.get(key), acc.get(key, {})
+        rows.append([f"`{key}`", _f(a.get("mean_token_cosine"), "{:.3f}"), _f(a.get("retrieval_top1"), "{:.2f}"),
+                     (f"{s['mean_mask_iou']:.3f} / {s['mean_top1_mask_iou']:.3f}"
+                      + (f" ({s['both_empty_prompts']}/{s['prompts']} empty)" if s.get("both_empty_prompts") else "")
+                      if s else "-"), _f(e2e.get(key, {}).get("text_share"), "{:.1%}")])
+    return "\n".join([md_table(["model", "token cos vs teacher", "retrieval top-1",
+                                 "mask IoU vs teacher: detections / top-1 query", "text encoder share of one "
+                                 "image + prompt"], rows, "lrrrr"), "", provenance(results)])
+
+
+def verdict(passed: bool | None, informational: bool = False) -> str:
+    if informational:
+        return "n/a" if passed is None else ("(pass)" if passed else "(fail)")
+    return "n/a" if passed is None else ("PASS" if passed else "**FAIL**")
+
+
+#: README table name -> renderer of a results.json (``benchmarks/readme_tables.json`` says which file)
+README_TABLES: dict[str, Callable[..., str]] = {
+    "headline": headline_table, "bars": bars_table, "segmentation": segmentation_table}
+
+
+def replace_block(readme: str, name: str, table: str) -> str:
+    """Put ``table`` between ``<!-- table:NAME:start -->`` and ``<!-- table:NAME:end -->``."""
+    start_mark, end_mark = f"<!-- table:{name}:start -->", f"<!-- table:{name}:end -->"
+    start, end = readme.find(start_mark), readme.find(end_mark)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {TABLE_START} ... {TABLE_END} markers")
-    return readme[:start + len(TABLE_START)] + "\n" + table + "\n" + readme[end:]
+        raise ValueError(f"README has no {start_mark} ... {end_mark} markers")
+    return readme[:start + len(start_mark)] + "\n" + table + "\n" + readme[end:]
 
 
-def render(results: dict[str, Any], plots: list[str]) -> str:
+# -- report.md -------------------------------------------------------------------------------------
+def _header(results: dict[str, Any]) -> list[str]:
     env = results["environment"]
-    out = [f"# edgeseg bench: candidates vs the FP32 SAM3 text encoder ({results['baseline']})", ""]
+    out = [f"# edgeseg bench: candidates vs the SAM3 text encoder ({', '.join(results.get('baselines', []))})", ""]
     if results.get("random_weights"):
         out += [f"> **{results['weights']}.** Sizes, latencies and memory do not depend on weight values; "
                 "embedding and segmentation agreement do.", ""]
-    cpu = results["latency"].get("background_cpu", {}).get("other_cores")
     out += [
-        f"- Generated {results['created']} by `{results['command']}` in {results['runtime_s'] / 60:.1f} min",
+        f"- Generated {results['created']} by `{results['command']}` in {results['runtime_s'] / 60:.1f} min"
+        + (f" (suite {results['suite']})" if results.get("suite") else ""),
         f"- Machine: {machine_line(results)}; SIMD {', '.join(env.get('cpu_flags') or ['?'])}; Python "
         f"{env['python']}; {env['platform']}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
-        f"- edgeseg commit {env['git'].get('commit')}"
-        + (" (tracked files modified)" if env["git"].get("tracked_changes") else ""),
+        f"- edgeseg commit {env['git'].get('commit')}; dirty: {str(results.get('dirty')).lower()}",
         "- Checkpoints: " + ", ".join(f"{k}: {v}" for k, v in results["checkpoints"].items()),
+        "- Wall time per phase: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min" for k, v in results["phase_wall_s"].items()),
     ]
-    if results.get("phase_wall_s"):
-        out.append("- Wall time per phase: " + ", ".join(f"{k[:-2]} {v / 60:.1f} min"
-                                                         for k, v in results["phase_wall_s"].items()))
+    cpu = results.get("latency", {}).get("background_cpu", {}).get("other_cores")
     if cpu is not None:
         out.append(f"- Other processes used {cpu:.2f} of {env['cpu_count']} cores during the latency rounds"
                    + (" -- **the machine was not idle: absolute timings are inflated**" if cpu > 0.1 else ""))
-    out += ["", "## Summary", "", results_table(results), ""]
+    return out + [""]
+
+
+def _latency(results: dict[str, Any]) -> list[str]:
     lat = results["latency"]
-    out += ["## Latency", "", lat["method"] + ".", ""]
+    eff = (results.get("efficiency") or {}).get("batches", {})
+    out = ["## Latency", "", lat["method"] + ". Ratios: " + ", ".join(
+        f"x vs {name} = `{ref}` p50 / p50" for name, ref in lat.get("ratio_references", {}).items()) + ".", ""]
     for batch, table in lat["batches"].items():
-        rows = [[k, str(r["context_length"]), lat["execution_providers"].get(k, ""), _f(r["p50_ms"]),
+        rows = [[k, r.get("tokens", r["context_length"]), lat["execution_providers"].get(k, ""), _f(r["p50_ms"]),
                  _f(r["p95_ms"]), _f(r["p99_ms"]), _f(r["prompts_per_s"], "{:.1f}"), str(r["samples"]),
-                 _f(r.get("speedup_vs_baseline"), "{:.1f}x")] for k, r in table.items()]
-        out += [f"### Batch {batch}", "", md_table(["candidate", "ctx", "runs on", "p50 ms", "p95 ms", "p99 ms",
-                                                    "prompts/s", "calls", "x vs baseline"], rows, "lrlrrrrrr"), ""]
+                 _f(r["first_call_after_switch"]["p50_ms"]), _f(r.get("speedup_vs_fixed"), "{:.1f}x"),
+                 _f(r.get("speedup_vs_dynamic"), "{:.1f}x"), _f(eff.get(batch, {}).get(k, {}).get("floor_ms")),
+                 _f(eff.get(batch, {}).get(k, {}).get("efficiency"), "{:.0%}")] for k, r in table.items()]
+        out += [f"### Batch {batch}", "", md_table(
+            ["model", "tokens", "runs on", "p50 ms", "p95 ms", "p99 ms", "prompts/s", "calls",
+             "1st call after switch p50 ms", "x vs fixed-32", "x vs own-length", "GEMM floor ms", "efficiency"],
+            rows, "lrlrrrrrrrrrr"), ""]
+    if results.get("efficiency"):
+        out += [results["efficiency"]["method"] + " Rates: " + results["efficiency"]["rates_how"] + ".", ""]
     tok = lat.get("tokenizer")
     if tok:
         rows = [[k.split("_")[1], _f(v["cold"]["p50_ms"], "{:.3f}"), _f(v["warm"]["p50_ms"], "{:.4f}")]
                 for k, v in tok.items() if k.startswith("context_")]
         out += ["### Tokenizer (per prompt, not included above)", "", tok["method"] + ".", "",
                 md_table(["ctx", "cold p50 ms", "warm p50 ms"], rows, "rrr"), ""]
+    return out
+
+
+def _memory(results: dict[str, Any]) -> list[str]:
     mem = results["memory"]
     rows = []
     for k, st in mem["static"].items():
@@ -124,20 +180,46 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         rows.append([k, _f(st["weights_bytes"] / MB if st.get("weights_bytes") else None, "{:.1f}"), dtypes,
                      _f(st.get("bundle_bytes", 0) / MB if st.get("bundle_bytes") else None, "{:.1f}"),
                      _f(st.get("weights_ratio_vs_baseline"), "{:.1f}x"), _f(dy.get("peak_rss_mb"), "{:.0f}"),
-                     _f(dy.get("peak_rss_ratio_vs_baseline"), "{:.1f}x"),
-                     str(dy.get("child_torch_imported", "-"))])
-    out += ["## Memory", "", "Static: weights by dtype (torch state dict, or the ONNX graph's initializers) and "
+                     _f(dy.get("peak_rss_ratio_vs_baseline"), "{:.1f}x"), str(dy.get("child_torch_imported", "-"))])
+    return ["## Memory", "", "Static: weights by dtype (torch state dict, or the ONNX graph's initializers) and "
             "every file of a bundle. Dynamic: " + mem["dynamic_method"] + ".", "",
-            md_table(["candidate", "weights MB", "by dtype (MB)", "bundle MB", "weights x smaller", "peak RSS MB",
+            md_table(["model", "weights MB", "by dtype (MB)", "bundle MB", "weights x smaller", "peak RSS MB",
                       "x less RSS", "torch imported"], rows, "lrlrrrrl"), ""]
+
+
+def _accuracy(results: dict[str, Any]) -> list[str]:
     acc = results["accuracy"]
     rows = [[k, str(r["compared_positions"]), _f(r["mean_token_cosine"], "{:.4f}"),
              _f(r["worst_token_cosine"], "{:.4f}"), _f(r["mse"], "{:.4g}"), _f(r["pooled_cosine_mean"], "{:.4f}"),
              _f(r["retrieval_top1"], "{:.3f}"), _f(r["retrieval_top5"], "{:.3f}"), str(r["truncated_at_candidate"])]
             for k, r in acc["rows"].items()]
-    out += [f"## Embedding accuracy ({acc['prompts']} eval prompts)", "", acc["method"], "",
-            md_table(["candidate", "positions", "mean token cos", "worst", "MSE", "pooled cos", "retrieval top-1",
-                      "top-5", "prompts filling ctx"], rows, "lrrrrrrrr"), ""]
+    out = [f"## Embedding accuracy ({acc['prompts']} eval prompts)", "", acc["method"], "",
+           md_table(["model", "positions", "mean token cos", "worst", "MSE", "pooled cos", "retrieval top-1",
+                     "top-5", "prompts filling ctx"], rows, "lrrrrrrrr"), ""]
+    fid = results.get("fidelity") or {}
+    if fid.get("rows"):
+        rows = []
+        for key, r in fid["rows"].items():
+            m, c = r["manifest"] or {}, r["recomputed"]
+            rows.append([key, r["vs"], _f(m.get("mean_cosine"), "{:.5f}"), _f(m.get("worst_cosine"), "{:.5f}"),
+                         str(m.get("prompts", "-")), _f(c["mean_cosine"], "{:.5f}"), _f(c["worst_cosine"], "{:.5f}"),
+                         str(c["prompts"]), str(c["resegmented_prompts"]),
+                         _f(r["self_check_vs_torch_reference"]["mean_cosine"], "{:.5f}"),
+                         f"{len(r['excluded_layers'])} of {r['layers'] or '?'}"])
+        out += ["## Fidelity (derived bundle vs its FP32 bundle, eval split)", "", fid["method"] + ".", "",
+                md_table(["bundle", "vs", "manifest mean", "manifest worst", "n", "mean", "worst", "n",
+                          "resegmented", "self-check mean", "float layers"], rows, "llrrrrrrrrr"), ""]
+    return out
+
+
+def _bars(results: dict[str, Any]) -> list[str]:
+    if not results.get("bars"):
+        return []
+    return ["## Bars", "", bars_table(results).rsplit("\n\n", 1)[0], ""]
+
+
+def _segmentation(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
     seg = results.get("segmentation", {})
     if "skipped" in seg:
         out += ["## Segmentation", "", f"Skipped: {seg['skipped']}.", ""]
@@ -149,7 +231,7 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         images = ", ".join(f"{i['name']} ({len(i['prompts'])})" for i in seg["images"])
         out += ["## Segmentation (Meta's SAM3 image model)", "", f"{seg['image_model']}; input {seg['resolution']} px; "
                 f"images (prompts): {images}. {seg['baseline_through_adapter']}.", "", seg["method"], "",
-                md_table(["candidate", "prompts", "mean mask IoU", "IoU >= 0.95", "top-1 mask IoU", "count agrees",
+                md_table(["model", "prompts", "mean mask IoU", "IoU >= 0.95", "top-1 mask IoU", "count agrees",
                           "box IoU", "|top-1 score diff|", "both empty"], rows, "lrrrrrrrr"), ""]
         e2e = seg["end_to_end"]
         p = e2e["params"]
@@ -164,11 +246,29 @@ def render(results: dict[str, Any], plots: list[str]) -> str:
         rows = [[k, r["image"], r["prompt"], str(r["teacher_detections"]), str(r["candidate_detections"]),
                  _f(r["mask_iou"], "{:.3f}"), _f(r["top1_mask_iou"], "{:.3f}"), _f(r["box_iou"], "{:.3f}"),
                  _f(r["top1_score_diff"], "{:+.4f}")] for k, rs in seg["per_prompt"].items() for r in rs]
-        out += ["### Per prompt", "", md_table(["candidate", "image", "prompt", "teacher dets", "cand dets",
+        out += ["### Per prompt", "", md_table(["model", "image", "prompt", "teacher dets", "cand dets",
                                                 "mask IoU", "top-1 mask IoU", "box IoU", "top-1 score diff"],
                                                rows, "lllrrrrrr"), ""]
-    for name in plots:
-        out.append(f"![{name}]({name})")
+    return out
+
+
+#: optional results sections (name -> renderer of that section's lines), e.g. prompt banks
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {}
+
+
+def register_renderer(name: str, render_section: Callable[[dict[str, Any]], list[str]]) -> None:
+    RENDERERS[name] = render_section
+
+
+def render(results: dict[str, Any], plot_names: list[str]) -> str:
+    out = _header(results)
+    out += ["## Summary", "", headline_table(results), ""]
+    for part in (_bars, _latency, _memory, _accuracy, _segmentation):
+        out += part(results)
+    for name, render_section in RENDERERS.items():
+        if results.get(name) is not None:
+            out += render_section(results[name])
+    out += [f"![{name}]({name})" for name in plot_names]
     if results.get("random_weights"):
         out += ["", f"_{results['weights']}._"]
     return "\n".join(out) + "\n"
@@ -198,8 +298,9 @@ def plots(results: dict[str, Any], out: Path) -> list[str]:
     axes[0].set_title("latency")
     axes[0].legend(fontsize=8)
     static = results["memory"]["static"]
-    sizes = [static[k].get("bundle_bytes", static[k]["weights_bytes"]) / MB for k in keys]
-    axes[1].bar(keys, sizes, color="tab:gray")
+    sized = [k for k in keys if k in static and static[k].get("bundle_bytes", static[k]["weights_bytes"])]
+    axes[1].bar(sized, [static[k].get("bundle_bytes", static[k]["weights_bytes"]) / MB for k in sized],
+                color="tab:gray")
     axes[1].set_yscale("log")
     axes[1].set_ylabel("MB (log)")
     axes[1].set_title("size (bundle files or FP32 weights)")
@@ -240,3 +341,40 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render(results, names), encoding="utf-8")
     log.info("wrote %s", out)
+
+
+# -- README tables of the other benchmark scripts (their results.json formats) ------------------------
+def _script_provenance(results: dict[str, Any]) -> str:
+    env = results.get("environment") or {}
+    git = env.get("git") or {}
+    return (f"_{results.get('machine') or env.get('device', '?')}; {results.get('weights', '')}; generated "
+            f"{results.get('created', '?')} by `{results.get('command', '?')}` (edgeseg {str(git.get('commit'))[:10]}, "
+            f"dirty: {str(results.get('dirty')).lower()})._")
+
+
+def cpp_table(results: dict[str, Any]) -> str:
+    """``benchmarks/cpp_bench.py``: C++ runtime vs Python, tokenizer and batch-1 encode."""
+    rows = [[r["measure"], f"{r['python']:,.1f}", f"{r['cpp']:,.1f}", f"{r['speedup']:.2f}x"] for r in results["rows"]]
+    return "\n".join([md_table([f"measure ({results['prompts']:,} prompts; {results['bundle_label']})", "Python", "C++",
+                                "C++ vs Python"], rows, "lrrr"), "", _script_provenance(results)])
+
+
+def tokenizer_parity_table(results: dict[str, Any]) -> str:
+    """``benchmarks/tokenizer_parity.py``: C++ tokenizer ids vs Python's, per prompt set."""
+    rows = [[s["label"], f"{s['same']:,} / {s['prompts']:,}", str(s["ftfy_changed"]), str(s["differ"]),
+             str(s["differ_outside_ftfy"]), str(s["equal_without_ftfy"])] for s in results["sets"]]
+    return "\n".join([md_table(["prompts", "identical ids", "ftfy changes", "differ", "differ where ftfy changes "
+                                "nothing", "of those differing: equal to Python without ftfy"], rows, "lrrrrr"), "",
+                      _script_provenance(results)])
+
+
+def coreml_table(results: dict[str, Any]) -> str:
+    """``benchmarks/coreml_fidelity.py``: Core ML packages' MIL programs (float32 emulation) vs torch FP32."""
+    rows = [[f"`{r['name']}`", r["what"], f"{r['mean_cosine']:.5f}", f"{r['worst_cosine']:.5f}", str(r["prompts"]),
+             str(r["float_ops"]), f"{r['package_mb']:.1f}"] for r in results["rows"]]
+    return "\n".join([md_table(["bundle", "what", "mean token cos vs torch FP32", "worst", "prompts",
+                                "linear/conv ops kept float", "package MB"], rows, "llrrrrr"), "",
+                      _script_provenance(results)])
+
+
+README_TABLES.update({"cpp": cpp_table, "tokenizer-parity": tokenizer_parity_table, "coreml": coreml_table})

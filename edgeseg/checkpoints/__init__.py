@@ -19,6 +19,7 @@ from edgeseg.checkpoints.load import (
     Checkpoint,
     _torch_load,
     build_from_checkpoint,
+    check_finite,
     fingerprint,
     identify,
     infer_context_length,
@@ -32,7 +33,8 @@ from edgeseg.checkpoints.load import (
 
 __all__ = [
     "DEFAULT_POSITION_TABLE", "IMAGE_MODEL_TEXT_PREFIX", "LAYOUTS", "POSITION_TABLE_MODES", "SAM3_TEXT_PREFIX",
-    "STUDENT_TABLE_KEY", "TEACHER_TABLE_KEY", "Checkpoint", "_torch_load", "build_from_checkpoint", "fingerprint",
+    "STUDENT_TABLE_KEY", "TEACHER_TABLE_KEY", "Checkpoint", "_torch_load", "build_from_checkpoint", "check_finite",
+    "fingerprint",
     "identify", "infer_context_length", "load_encoder", "load_into", "read_checkpoint", "reduce_position_table",
     "save_encoder", "write_edgeseg",
 ]

@@ -52,7 +52,7 @@ from edgeseg.checkpoints.load import (
 )
 from edgeseg.encoders import FAMILIES, build_encoder, get_config
 from edgeseg.errors import EdgesegError
-from edgeseg.fileio import atomic_path, check_output_folder
+from edgeseg.fileio import atomic_path, check_not_an_input, check_output_target
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,12 @@ SUFFIXES = {"efficientsam3": (".pt", ".pth"), "edgeseg": (".safetensors",)}
 
 
 def _check_out(src: Path, to: str, out: Path) -> None:
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise EdgesegError(f"--out {out} is (inside) the input checkpoint: write the conversion somewhere else")
+    check_output_target(out, directory=to == "transformers")
+    check_not_an_input(out, [src])
+    if src.is_dir() and src.resolve() in out.resolve().parents:
+        raise EdgesegError(f"--out {out} is inside the input checkpoint folder: write the conversion somewhere else")
     if out.is_dir() and any(out.iterdir()):
         raise EdgesegError(f"{out} is a non-empty directory: refusing to replace it")
-    if to == "transformers" and out.exists() and not out.is_dir():
-        raise EdgesegError(f"{out} exists and is not a directory: a transformers checkpoint is a folder")
     if to in SUFFIXES and out.suffix not in SUFFIXES[to]:
         raise EdgesegError(f"--out {out}: an {to} checkpoint is a {' or '.join(SUFFIXES[to])} file")
 
@@ -168,7 +168,6 @@ def convert_checkpoint(name: str, src: str | os.PathLike, to: str, out: str | os
         raise EdgesegError(f"unknown target layout {to!r}; choose one of {', '.join(TARGETS)}")
     cfg = dict(config) if config is not None else get_config(name)
     src, out = Path(src), Path(out)
-    check_output_folder(out)
     _check_out(src, to, out)
     ckpt = read_checkpoint(src)
     if config is None:

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeseg import __version__
+from edgeseg.bundlecheck import printable
 from edgeseg.checkpoints import hf
 from edgeseg.encoders import FAMILIES, TextEncoder, build_encoder, get_config, list_encoders
 from edgeseg.encoders.base import SEMANTICS, Padding
@@ -223,8 +224,27 @@ def _is_transformers_file(path: Path) -> bool:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint file or folder and extract the text-encoder part, identifying its layout."""
-    path = Path(path)
+    """Read a checkpoint file or folder and extract the text-encoder part, identifying its layout.
+
+    Weights with NaN or Inf are refused (:func:`check_finite`)."""
+    ckpt = _read_any(Path(path))
+    check_finite(ckpt.state, ckpt.path)
+    return ckpt
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Refuse weights with NaN or Inf (they export and "verify" to garbage): one line naming the first tensor."""
+    for name in sorted(state):
+        tensor = state[name]
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.numel() and \
+                not bool(torch.isfinite(tensor).all()):
+            bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+            raise EdgesegError(f"{printable(path)}: tensor {printable(name)} holds {bad} values: refusing non-finite "
+                               "weights")
+    return state
+
+
+def _read_any(path: Path) -> Checkpoint:
     if not path.exists():
         raise EdgesegError(f"checkpoint {path} does not exist")
     if path.is_dir():

@@ -28,11 +28,19 @@ from edgeseg.errors import EdgesegError, require_extra
               help="Folder of images for segmentation (needs --prompts). Default: scikit-image sample photos.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most this many images.")
 @click.option("--skip-segmentation", is_flag=True, help="Only latency, memory and embedding accuracy.")
+@click.option("--rounds", type=click.IntRange(min=1), default=10,
+              help="Latency rounds: one block (warm-up, then timed calls) per model and batch, order rotated.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, help="Untimed calls per block after its first call.")
+@click.option("--teacher-int8", is_flag=True,
+              help="Also time torch's dynamic INT8 teacher (fixed 32 and own length) as baselines (CPU).")
+@click.option("--bars", "bars_file", type=click.Path(path_type=Path), default=None,
+              help="JSON file with a 'bars' list (a benchmarks/suites file): thresholds checked on the results.")
+@click.option("--suite-run", "suite_run_file", type=click.Path(path_type=Path), default=None,
+              help="JSON record of how the suite's bundles were built (benchmarks/run_suite.py writes it).")
 @click.option("--video", type=click.Path(path_type=Path), default=None,
               help="A clip (MP4, ...) or a folder of frames: per-frame mask IoU and tracking-id agreement through "
                    "SAM3's video model (prompts: --prompts lines naming the file or every image; else 'a person').")
 @click.option("--video-frames", type=click.IntRange(min=1), default=8, help="Use the first N frames of --video.")
-@click.option("--rounds", type=click.IntRange(min=1), default=10, help="Interleaved latency rounds.")
 @click.option("--eval-prompts", type=click.IntRange(min=2), default=256,
               help="Eval-split prompts for embedding accuracy and retrieval.")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS child processes.")
@@ -45,15 +53,18 @@ from edgeseg.errors import EdgesegError, require_extra
               help="Folder for results.json, report.md and the PNG plots.")
 def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None, batches: str, threads: int,
           sam3_checkpoint: Path | None, images: Path | None, max_images: int | None, skip_segmentation: bool,
-          rounds: int, eval_prompts: int, no_memory: bool, device: str, suite: str | None, bank: bool,
-          bank_prompts: Path | None, out: Path, video: Path | None = None, video_frames: int = 8) -> None:
+          rounds: int, warmup: int, teacher_int8: bool, bars_file: Path | None, suite_run_file: Path | None,
+          eval_prompts: int, no_memory: bool, device: str, suite: str | None, bank: bool, bank_prompts: Path | None,
+          out: Path, video: Path | None = None, video_frames: int = 8) -> None:
     """Benchmark bundles and/or encoders against the FP32 SAM3 text encoder.
 
     CANDIDATES are bundle folders (edgeseg export/quantize/build) or encoder names (torch, random
-    weights). Measures latency (interleaved rounds, p50/p95/p99, ratios to the baseline), memory
-    (weights, bundle bytes, peak RSS of fresh processes), embedding accuracy on the eval split, and
-    segmentation agreement through Meta's SAM3 image model with each candidate's text features
-    injected. Writes OUT/results.json, OUT/report.md and plots.
+    weights). The SAM3 text encoder in torch runs as two baselines: at SAM3's fixed context 32 and
+    at each prompt's own length. Measures latency (blocks in rotated rounds, p50/p95/p99, first call
+    after switching models, ratios to both baselines), efficiency against this machine's GEMM floor,
+    memory (weights, bundle bytes, peak RSS of fresh processes), embedding accuracy on the eval split,
+    fidelity of each INT8/FP16 bundle against its FP32 bundle, and segmentation agreement through
+    Meta's SAM3 image model. Writes OUT/results.json, OUT/report.md and plots.
     """
     require_extra("edgeseg bench (its FP32 SAM3 baseline runs in torch)", "build", "torch")
     from edgeseg.bench import BenchOptions, prepare, run_bench
@@ -64,9 +75,12 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
         raise EdgesegError(f"--batch takes comma-separated integers, got {batches!r}") from exc
     if device != "cpu":
         _check_device(device)
+    bars = _read_json(bars_file, "--bars").get("bars", []) if bars_file else []
+    suite_run = _read_json(suite_run_file, "--suite-run") if suite_run_file else None
     opts = BenchOptions(candidates=list(candidates), out=out, baseline=baseline, batches=sizes, threads=threads,
                         sam3_checkpoint=sam3_checkpoint, images=images, prompts=prompts_file,
-                        skip_segmentation=skip_segmentation, rounds=rounds, eval_prompts=eval_prompts,
+                        skip_segmentation=skip_segmentation, rounds=rounds, warmup=warmup,
+                        teacher_int8=teacher_int8, bars=bars, suite_run=suite_run, eval_prompts=eval_prompts,
                         memory=not no_memory, max_images=max_images, device=device, suite=suite,
                         video=video, video_frames=video_frames,
                         command=_bench_command(click.get_current_context()))
@@ -79,6 +93,19 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
     _note(f"wrote {out}/results.json, report.md and plots in {results['runtime_s'] / 60:.1f} min")
     if bank_job is not None:
         _bank_phase(*bank_job, out, threads)
+    from edgeseg.bench.bars import failed
+
+    for name in failed(results.get("bars", [])):
+        _note(f"bar not met: {name}")
+
+
+def _read_json(path: Path, option: str) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EdgesegError(f"{option} {path}: {exc}") from exc
 
 
 # -- prompt banks (issue 16): a separate phase after the main run, results in OUT/bank/ -----------------

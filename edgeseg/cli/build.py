@@ -7,10 +7,15 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import (
+    BATCH_RANGE,
     CHECKPOINT_HELP,
     CONTEXT_HELP,
+    CONTEXT_RANGE,
+    COSINE_RANGE,
     ENCODER_HELP,
     POSITION_HELP,
+    SEED_RANGE,
+    THREADS_RANGE,
     _load,
     _note,
     _source,
@@ -23,18 +28,21 @@ from edgeseg.errors import EdgesegError, require_extra
 @cli.command()
 @click.option("--encoder", required=True, help=ENCODER_HELP)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
-@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--context-length", type=CONTEXT_RANGE, default=None, help=CONTEXT_HELP)
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
               help=POSITION_HELP)
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts whose ids and FP32 outputs are stored in the bundle for self-checks "
                    "(default: 32 prompts of the held-out reference split, which no gate and no fitted corpus uses).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--dynamic-length", is_flag=True,
+              help="Dynamic sequence axis (causal SAM3 teacher only): ids of 1..L tokens, exact on valid positions.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @semantics_option
 def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None, opset: int,
-           reference_prompts: Path | None, seed: int, out: Path, semantics: str | None) -> None:
+           reference_prompts: Path | None, seed: int, dynamic_length: bool, out: Path,
+           semantics: str | None) -> None:
     """Export an encoder to an FP32 ONNX bundle, verified against torch with ONNX Runtime.
 
     The graph takes input_ids int64 [batch, L] (dynamic batch, fixed L) and returns memory float32
@@ -49,8 +57,14 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
 
     check_bundle_target(out)
     prompts = reference_set(reference_prompts)
+    if dynamic_length:
+        from edgeseg.encoders import get_config
+        from edgeseg.export import check_dynamic_length
+
+        check_dynamic_length(encoder, get_config(encoder))
     model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics)
-    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed, model), opset=opset)
+    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed, model), opset=opset,
+                             dynamic_length=dynamic_length)
     _note(f"exported {encoder} (context {manifest['context_length']}, FP32, {manifest['semantics']} padding: pad id "
           f"{manifest['tokenizer']['pad_id']}) -> {out}; ONNX Runtime vs torch max abs diff "
           f"{manifest['export']['max_abs_diff']:.2e}")
@@ -72,9 +86,9 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
               help="Prompts for the fidelity gate (default: the held-out eval split).")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Evenly spaced prompts of the eval set used by the gate.")
-@click.option("--min-mean-cosine", type=float, default=0.999, show_default=True,
+@click.option("--min-mean-cosine", type=COSINE_RANGE, default=0.999, show_default=True,
               help="Gate: mean over prompts of the valid-token cosine, INT8 vs FP32.")
-@click.option("--min-worst-cosine", type=float, default=0.99, show_default=True,
+@click.option("--min-worst-cosine", type=COSINE_RANGE, default=0.99, show_default=True,
               help="Gate: the worst prompt's valid-token cosine.")
 @click.option("--float-embedding", is_flag=True, help="Keep the token-embedding table in FP32 (default: INT8 rows).")
 @click.option("--embedding-form", type=click.Choice(["gather_cast_mul", "dequantize_gather"]),
@@ -93,7 +107,7 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
                    "is >= 8x the median (the outlier channels of trained transformers), folded into the LayerNorm "
                    "and the weights before calibration; alpha = how much of the imbalance moves into the weights. "
                    "0 turns it off.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=THREADS_RANGE, default=None, help="ONNX Runtime intra-op threads.")
 def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration_limit: int | None, method: str,
              mode: str, eval_prompts: Path | None, eval_limit: int, min_mean_cosine: float,
              min_worst_cosine: float, float_embedding: bool, embedding_form: str, prune_vocab: str | None,
@@ -143,13 +157,13 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Start from an ONNX bundle (edgeseg export / quantize) instead of a torch encoder.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
-@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--context-length", type=CONTEXT_RANGE, default=None, help=CONTEXT_HELP)
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
               help=POSITION_HELP)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Default: int8 (static Q/DQ) for onnx/gpu/jetson, fp16 for coreml; with --bundle, the bundle's. "
                    "Core ML int8 = 8-bit weights, FP16 activations.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--max-batch", type=BATCH_RANGE, default=8, show_default=True,
               help="Largest batch: TensorRT profile 1..N (opt 1); Core ML enumerated batch sizes 1..N.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
 @click.option("--reference-prompts", type=click.Path(path_type=Path), default=None,
@@ -164,8 +178,10 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
               help="Evenly spaced prompts of the eval set used by the gate.")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True, help="INT8 activation range calibration.")
-@click.option("--min-mean-cosine", type=float, default=0.999, show_default=True, help="INT8/FP16 gate: mean cosine.")
-@click.option("--min-worst-cosine", type=float, default=0.99, show_default=True, help="INT8/FP16 gate: worst prompt.")
+@click.option("--min-mean-cosine", type=COSINE_RANGE, default=0.999, show_default=True,
+              help="INT8/FP16 gate: mean cosine.")
+@click.option("--min-worst-cosine", type=COSINE_RANGE, default=0.99, show_default=True,
+              help="INT8/FP16 gate: worst prompt.")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True, help="ONNX opset (>= 17).")
 @click.option("--hardware-compatible", is_flag=True, help="TensorRT: engine runs on any Ampere+ GPU (slower).")
 @click.option("--version-compatible", is_flag=True, help="TensorRT: engine runs on later TensorRT versions.")
@@ -186,8 +202,8 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
                    "without the model; see README 'Prompt banks').")
 @click.option("--bank-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Memory dtype of --bank-prompts' bank.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--threads", type=THREADS_RANGE, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
 @semantics_option
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
           position_table: str | None, precision: str | None, max_batch: int, out: Path, reference_prompts: Path | None,

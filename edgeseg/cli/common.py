@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import click
 
 from edgeseg import __version__
+from edgeseg.bundlecheck import printable
 from edgeseg.errors import EdgesegError
+from edgeseg.tokenizer import MAX_CONTEXT_LENGTH
 
 log = logging.getLogger("edgeseg")
 
@@ -42,6 +45,17 @@ POSITION_HELP = (
 )
 PROMPTS_HELP = "UTF-8 text file, one prompt per line (blank lines are skipped)."
 
+#: --context-length of every command (the tokenizer's range; an encoder may accept less)
+CONTEXT_RANGE = click.IntRange(2, MAX_CONTEXT_LENGTH)
+#: batch sizes and --max-batch (checked before anything is allocated)
+MAX_BATCH = 65536
+BATCH_RANGE = click.IntRange(1, MAX_BATCH)
+THREADS_RANGE = click.IntRange(1, 1024)
+SEED_RANGE = click.IntRange(0, 2**32 - 1)
+COSINE_RANGE = click.FloatRange(-1.0, 1.0)
+#: path options a command reads and updates in place (caches): never compared with --out
+READ_WRITE_PARAMS = frozenset({"cache", "timing_cache"})
+
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
@@ -49,7 +63,7 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _note(message: str) -> None:
-    click.echo(f"edgeseg: {message}", err=True)
+    click.echo(f"edgeseg: {printable(message, 2000)}", err=True)
 
 
 def semantics_option(command):
@@ -74,11 +88,67 @@ def _write_npz(out: Path, **arrays) -> None:
 
     from edgeseg.fileio import atomic_path
 
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _option_name(param: click.Parameter) -> str:
+    return max(param.opts, key=len) if param.opts else param.name
+
+
+def _input_paths(ctx: click.Context) -> list[Path]:
+    """Every path the command reads: path-typed options and arguments (but --out and caches)."""
+    found = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        is_path = isinstance(param.type, click.Path) or isinstance(param, click.Argument)
+        if param.name == "out" or param.name in READ_WRITE_PARAMS or not is_path or value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)) and str(item):
+                found.append(Path(item))
+    return found
+
+
+def check_params(ctx: click.Context) -> None:
+    """Checks every command gets before it runs: finite numbers, int64 integers, an --out that is a name
+    and none of the command's inputs (same file or folder through symlinks and hard links)."""
+    from edgeseg.fileio import check_not_an_input
+
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise EdgesegError(f"{_option_name(param)}: {value} is not a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise EdgesegError(f"{_option_name(param)}: {value} is out of range")
+    out = ctx.params.get("out")
+    if out is None:
+        return
+    if str(out) in ("", ".") or Path(out).name in ("", ".", ".."):
+        raise EdgesegError(f"--out {printable(repr(str(out)))} is empty or not a name: give the file or folder "
+                           "to write")
+    check_not_an_input(out, _input_paths(ctx))
+
+
+class _Checked:
+    def invoke(self, ctx: click.Context):
+        check_params(ctx)
+        return super().invoke(ctx)
+
+
+class EdgesegCommand(_Checked, click.Command):
+    """A command whose parameters get :func:`check_params` first."""
+
+
+class EdgesegGroup(_Checked, click.Group):
+    """The ``edgeseg`` group: its commands and sub-groups are checked the same way."""
+
+    command_class = EdgesegCommand
+    group_class = type
+
+
+@click.group(cls=EdgesegGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="edgeseg")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
 def cli(verbose: int) -> None:

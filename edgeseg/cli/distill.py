@@ -8,8 +8,11 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import (
+    BATCH_RANGE,
+    CONTEXT_RANGE,
     POSITION_HELP,
     PROMPTS_HELP,
+    SEED_RANGE,
     _json_option,
     _note,
     cli,
@@ -21,7 +24,7 @@ from edgeseg.errors import require_extra
 @click.option("--student", default=None, help="Student to train: mobileclip-s0, mobileclip-s1 or mobileclip2-l.")
 @click.option("--teacher-checkpoint", type=click.Path(path_type=Path), default=None,
               help="Meta's sam3.pt (the teacher). Without it the teacher is random (seeded, --teacher-seed).")
-@click.option("--context-length", type=int, default=16, show_default=True,
+@click.option("--context-length", type=CONTEXT_RANGE, default=16, show_default=True,
               help="Student context length; the teacher's targets are computed on the same ids.")
 @click.option("--prompts", "prompts_files", multiple=True, type=click.Path(path_type=Path),
               help="Training prompts (repeat for several files; default: the shipped distill split). Prompts that "
@@ -35,7 +38,7 @@ from edgeseg.errors import require_extra
 @click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Evaluate on at most N held-out prompts (lowest prompt-hash first).")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimizer steps.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--batch-size", type=BATCH_RANGE, default=64, show_default=True,
               help="Global batch (prompts per step, summed over torchrun processes).")
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--min-lr-ratio", type=float, default=0.0, show_default=True, help="Final lr as a fraction of --lr.")
@@ -49,8 +52,9 @@ from edgeseg.errors import require_extra
 @click.option("--mse-weight", type=float, default=1.0, show_default=True, help="Weight of the token MSE.")
 @click.option("--cos-weight", type=float, default=2.0, show_default=True, help="Weight of (1 - token cosine).")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Gradient clipping (global norm).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the student init and the data order.")
-@click.option("--teacher-seed", type=int, default=0, show_default=True, help="Seed of a random teacher.")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True,
+              help="Seed of the student init and the data order.")
+@click.option("--teacher-seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of a random teacher.")
 @click.option("--init", type=click.Path(path_type=Path), default=None,
               help="Start the student from this checkpoint (LiteText .pt, state dict or edgeseg .safetensors).")
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
@@ -64,12 +68,12 @@ from edgeseg.errors import require_extra
               help="Evaluate every N steps.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True,
               help="Append training loss to metrics.jsonl every N steps.")
-@click.option("--eval-batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--eval-batch-size", type=BATCH_RANGE, default=256, show_default=True)
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Teacher-target cache folder, reusable across runs (default: RUNDIR/cache).")
-@click.option("--cache-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--cache-batch-size", type=BATCH_RANGE, default=64, show_default=True,
               help="Teacher batch when building the cache.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True,
+@click.option("--shard-size", type=BATCH_RANGE, default=4096, show_default=True,
               help="Prompts per cache shard.")
 @click.option("--device", default="cpu", show_default=True,
               help="torch device (cpu, cuda); under torchrun one GPU per rank.")

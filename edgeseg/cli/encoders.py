@@ -9,12 +9,16 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import (
+    BATCH_RANGE,
     CHECKPOINT_HELP,
     CHECKPOINTS_HELP,
     CONTEXT_HELP,
+    CONTEXT_RANGE,
     ENCODER_HELP,
     POSITION_HELP,
     PROMPTS_HELP,
+    SEED_RANGE,
+    THREADS_RANGE,
     _check_device,
     _load,
     _note,
@@ -28,7 +32,7 @@ from edgeseg.errors import EdgesegError, require_extra
 
 @cli.command()
 @click.option("--encoder", required=True, help=ENCODER_HELP)
-@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--context-length", type=CONTEXT_RANGE, default=None, help=CONTEXT_HELP)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Also read this checkpoint, check it matches the encoder, and report it.")
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
@@ -76,7 +80,7 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
 
 @cli.command()
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
-@click.option("--context-length", type=int, default=16, show_default=True,
+@click.option("--context-length", type=CONTEXT_RANGE, default=16, show_default=True,
               help="Tokens per prompt including SOT and EOT (32 for the sam3 teacher).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .npz with 'input_ids' int64 [B, L].")
@@ -87,13 +91,11 @@ def tokenize(prompts_file: Path, context_length: int, out: Path, semantics: str)
 
     Prompts longer than the context are truncated with EOT kept last; the count is reported.
     """
-    from edgeseg.fileio import check_output_folder, read_prompts
+    from edgeseg.fileio import check_output_target, read_prompts
     from edgeseg.tokenizer import PAD_ID, TRANSFORMERS_PAD_ID, get_tokenizer
 
-    if context_length < 2:
-        raise EdgesegError(f"--context-length must be at least 2 (SOT and EOT), got {context_length}")
     prompts = read_prompts(prompts_file)
-    check_output_folder(out)
+    check_output_target(out)
     batch = get_tokenizer()(prompts, context_length, TRANSFORMERS_PAD_ID if semantics == "transformers" else PAD_ID)
     _write_npz(out, input_ids=batch.ids)
     _note(f"tokenized {len(prompts)} prompt(s) to [{len(prompts)}, {context_length}] "
@@ -108,19 +110,19 @@ def tokenize(prompts_file: Path, context_length: int, out: Path, semantics: str)
               help="With --bundle: a prompt bank built from it (edgeseg bank build); prompts it holds are answered "
                    "from it, the others run the model.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help=CHECKPOINT_HELP)
-@click.option("--context-length", type=int, default=None, help=CONTEXT_HELP)
+@click.option("--context-length", type=CONTEXT_RANGE, default=None, help=CONTEXT_HELP)
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
               help=POSITION_HELP)
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(path_type=Path), help=PROMPTS_HELP)
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .npz: input_ids int64 [B, L], mask bool [B, L] (True = padding), "
                    "memory float32 [B, L, 256].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=BATCH_RANGE, default=None,
               help="Prompts per model call (default: 8 for bundles, which keeps ONNX Runtime's working memory "
                    "small; 64 for torch encoders).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (bundles).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--threads", type=THREADS_RANGE, default=None, help="Intra-op threads (bundles).")
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
 @semantics_option
 def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, checkpoint: Path | None,
            context_length: int | None, position_table: str | None, prompts_file: Path, out: Path,
@@ -128,7 +130,7 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
     """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
     from tqdm import tqdm
 
-    from edgeseg.fileio import check_output_folder, read_prompts
+    from edgeseg.fileio import check_output_target, read_prompts
 
     if (encoder is None) == (bundle is None):
         raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
@@ -140,7 +142,7 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
     if encoder is not None:
         require_extra("edgeseg encode --encoder", "build", "torch")
     prompts = read_prompts(prompts_file)
-    check_output_folder(out)
+    check_output_target(out)
     if bundle is not None:
         from edgeseg.runtime import load
         from edgeseg.runtime.base import DEFAULT_BATCH
@@ -172,8 +174,8 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
               help="Comma-separated encoder names; the first is the reference for the cosine column.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed forward passes per encoder (after one warm-up).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch intra-op threads.")
+@click.option("--batch-size", type=BATCH_RANGE, default=64, show_default=True)
+@click.option("--threads", type=THREADS_RANGE, default=None, help="torch intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
 @click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="NAME=PATH", help=CHECKPOINTS_HELP)
 def compare(prompts_file: Path, encoders: str, repeats: int, batch_size: int, threads: int | None,

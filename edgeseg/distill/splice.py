@@ -150,11 +150,12 @@ def splice_transformers(sam3: str | os.PathLike, student: str | os.PathLike, out
     from safetensors.torch import save_file
 
     from edgeseg.checkpoints import hf, load_encoder
-    from edgeseg.fileio import check_output_folder
+    from edgeseg.fileio import check_not_an_input, check_output_target
 
     sam3, student, out = Path(sam3), Path(student), Path(out)
-    check_output_folder(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_output_target(out, directory=True)
+    check_not_an_input(out, [sam3, student])
+    if out.exists() and any(out.iterdir()):
         raise EdgesegError(f"{out} exists: refusing to replace it with a transformers checkpoint folder")
     config, keep = _sam3_parts(sam3)
     name, context_length, state, model = _student(student)

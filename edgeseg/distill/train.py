@@ -282,11 +282,35 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sc
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def _read_summary(out: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise EdgesegError(f"cannot resume from {path}: the checkpoint is corrupt ({exc}); remove it") from exc
+        summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EdgesegError(f"{out / CONFIG} cannot be read ({exc}); remove the run folder or use another "
+                           "--out") from exc
+    if not isinstance(summary, dict):
+        raise EdgesegError(f"{out / CONFIG} is not a run summary; remove the run folder or use another --out")
+    return summary
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint.pt, read with weights_only=True and checked (structure, finite weights)."""
+    from edgeseg.checkpoints import _torch_load, check_finite
+
+    try:
+        payload = _torch_load(path)  # weights_only=True; pickled code is refused, never run
+    except EdgesegError as exc:
+        raise EdgesegError(f"cannot resume: {exc}; remove it") from exc
+    try:
+        config = json.loads(payload["config"])
+        valid = payload["format"] == "edgeseg-distill-checkpoint/1" and isinstance(config, dict) and \
+            type(payload["step"]) is int and all(isinstance(payload[k], dict) for k in ("model", "optimizer", "rng"))
+    except (TypeError, KeyError, IndexError, ValueError):
+        valid = False
+    if not valid:
+        raise EdgesegError(f"cannot resume from {path}: it is not an edgeseg distill checkpoint; remove it")
+    check_finite(payload["model"], path)
+    return payload
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -610,10 +634,14 @@ def _make_student(cfg: DistillConfig, resume: dict[str, Any] | None, device: str
     opt, sched = make_optimizer(student, cfg)
     start = 0
     if resume is not None:
-        student.load_state_dict(resume["model"], strict=True)
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"])
+        try:
+            student.load_state_dict(resume["model"], strict=True)
+            opt.load_state_dict(resume["optimizer"])
+            sched.load_state_dict(resume["scheduler"])
+            set_rng_state(resume["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise EdgesegError(f"cannot resume from {Path(cfg.out) / CHECKPOINT}: it does not fit this run "
+                               f"({str(exc)[:200]}); remove it") from exc
         start = int(resume["step"])
         if dist.rank == 0:
             note(f"resuming {Path(cfg.out)} from step {start} of {cfg.steps}")
@@ -764,7 +792,7 @@ def distill(cfg: DistillConfig, note: Callable[[str], None] | None = None) -> di
     if (out / STUDENT).exists() and resume is not None and int(resume["step"]) >= cfg.steps:
         if dist.rank == 0:
             note(f"{out} already holds the finished run ({cfg.steps} steps); nothing to do")
-        return json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        return _read_summary(out)
     _check_teacher_file(cfg)
     if cfg.teacher_checkpoint is None and dist.rank == 0:
         note(f"no --teacher-checkpoint: the {cfg.teacher} teacher has RANDOM weights (seed {cfg.teacher_seed}); "
@@ -799,7 +827,7 @@ def _finish(cfg: DistillConfig, out: Path, student: nn.Module, rec: _Recorder, e
     save_encoder(student, out / STUDENT)
     rec.plot()
     evals = [m for m in rec.metrics if m["kind"] == "eval"]
-    summary = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+    summary = _read_summary(out)
     summary.update({"complete": True, "steps_done": cfg.steps, "train_seconds_this_process": round(elapsed, 1),
                     "initial_eval": evals[0] if evals else None, "final_eval": evals[-1] if evals else None})
     _write_json(out / CONFIG, summary)

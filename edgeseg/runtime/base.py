@@ -35,6 +35,9 @@ class Runner:
         self.manifest = manifest
         self.threads = threads
         self.context_length = int(manifest["context_length"])
+        #: a causal model exported with a dynamic sequence axis also takes ids of 1..context_length tokens
+        self.dynamic_length = bool(manifest.get("dynamic_length"))
+        self.output_dim = int(manifest["outputs"][0]["shape"][-1])
         self.is_active = False
         self.bank = bank
         self._tokenizer: Tokenizer | None = None
@@ -77,8 +80,10 @@ class Runner:
         ids = np.asarray(input_ids)
         if not np.issubdtype(ids.dtype, np.integer):
             raise EdgesegError(f"input_ids must be integer token ids, got {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[1] != self.context_length:
-            raise EdgesegError(f"input_ids must be [batch, {self.context_length}], got {list(ids.shape)}")
+        if ids.ndim != 2 or not (ids.shape[1] == self.context_length
+                                 or self.dynamic_length and 1 <= ids.shape[1] <= self.context_length):
+            raise EdgesegError(f"input_ids must be [batch, {'1..' if self.dynamic_length else ''}"
+                               f"{self.context_length}], got {list(ids.shape)}")
         return self._infer(np.ascontiguousarray(ids, dtype=np.int64))
 
     def _infer(self, input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
@@ -95,11 +100,13 @@ class Runner:
             raise EdgesegError("runner is not active: call activate() or use it as a context manager")
         if isinstance(prompts, str):
             prompts = [prompts]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise EdgesegError(f"batch_size must be a positive integer, got {batch_size!r}")
         if self.bank is not None:
             return self._encode_banked(list(prompts), batch_size, progress)
         tokens = self.tokenizer(list(prompts), self.context_length)
         if not len(tokens.ids):
-            empty = np.zeros((0, self.context_length, int(self.manifest["outputs"][0]["shape"][-1])), np.float32)
+            empty = np.zeros((0, self.context_length, self.output_dim), np.float32)
             return Encoded(tokens.ids, np.zeros((0, self.context_length), bool), empty, 0)
         memories, masks = [], []
         for start in range(0, len(tokens.ids), batch_size):

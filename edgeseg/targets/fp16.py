@@ -1,15 +1,20 @@
 """FP32 ONNX -> FP16 ONNX for strongly typed TensorRT builds, with LayerNorm and Softmax kept FP32.
 
 A strongly typed TensorRT network runs every tensor in the type the ONNX graph gives it, so the
-precision plan has to be written into the graph. This converter:
+precision plan has to be written into the graph. The conversion itself is onnxconverter-common's
+``float16.convert_float_to_float16`` (what ``polygraphy convert --fp-to-fp16`` uses): initializers to
+float16 (clipped to the FP16 range), ``KEEP_FP32`` ops (and the converter's own block list) left in
+FP32 behind Casts, float graph inputs/outputs kept FP32 (``keep_io_types``). edgeseg adds only what it
+lacks for these graphs:
 
-* stores every float initializer and ``Constant`` as float16, and retargets ``Cast(to=FLOAT)``
-  and float ``ConstantOfShape`` to float16, so MatMul/Gemm/Conv/Add/Mul/GELU run in FP16;
-* keeps each ``LayerNormalization`` and ``Softmax`` (``KEEP_FP32``) in FP32: its float inputs are
-  cast up (its own scale/bias initializers stay FP32) and its outputs cast back down;
-* keeps the graph's interface: ``input_ids`` int64 in, ``memory`` float32 and ``mask`` bool out
-  (a final Cast up to FP32);
-* drops the no-op Casts this leaves behind (fp16 -> fp16 and the like).
+* before: the exporter's no-op Casts (float -> float, from ``x.float()`` in the models) are dropped,
+  because the converter leaves them casting to FP32 in the middle of the FP16 graph; and a float
+  initializer read both by a kept-FP32 op and by another op gets a copy for the kept op (the converter
+  keeps a shared initializer FP32 for every reader, which mistypes the others);
+* after: a float graph output the converter turned FP16 (when a kept-FP32 op produces it) is made
+  FP32 again; the model's own remaining ``Cast(to=FLOAT)`` (e.g. int64 positions -> float) are retargeted to
+  float16, and the no-op Casts this leaves are dropped;
+* a check that the result is valid and fully typed (``onnx.checker``, strict shape inference).
 
 No torch. ONNX Runtime runs the result on CPU too (it upcasts FP16 kernels it lacks), which checks
 the graph and the FP16 rounding of weights and tensors between ops, not FP16 arithmetic.
@@ -17,28 +22,17 @@ the graph and the FP16 rounding of weights and tensors between ops, not FP16 ari
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 KEEP_FP32 = ("LayerNormalization", "Softmax")
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 _FP16_MAX = float(np.finfo(np.float16).max)
-
-
-def _to_half(array: np.ndarray) -> np.ndarray:
-    """float32 -> float16, clipping finite values to the FP16 range (infinities stay infinite)."""
-    finite = np.isfinite(array)
-    out = array.copy()
-    out[finite] = np.clip(array[finite], -_FP16_MAX, _FP16_MAX)
-    return out.astype(np.float16)
-
-
-def _half_tensor(tensor: TensorProto) -> TensorProto:
-    converted = numpy_helper.from_array(_to_half(numpy_helper.to_array(tensor)), tensor.name)
-    return converted
+_FP16_TINY = float(2.0 ** -24)  # the smallest FP16 subnormal: smaller positive weights round up to it
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -59,115 +53,72 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, i = name, 0
-    while candidate in taken:
-        i += 1
-        candidate = f"{name}_{i}"
-    taken.add(candidate)
-    return candidate
-
-
 def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] = KEEP_FP32) -> onnx.ModelProto:
     """Return an FP16 copy of an FP32 model (see the module docstring); ``model`` is not changed."""
-    keep = set(keep_fp32)
+    from onnxconverter_common import float16
+
     types = _types(model)
-    src = model.graph
-    if any(t == FLOAT for t in (types.get(i.name) for i in src.input)):
+    if any(types.get(i.name) == FLOAT for i in model.graph.input):
         raise ValueError("convert_fp16 expects integer graph inputs (token ids)")
-    taken = {n for node in src.node for n in [*node.input, *node.output]} | {i.name for i in src.initializer}
-    taken |= {n.name for n in src.node}
-    kept_nodes = [n for n in src.node if n.op_type in keep]
-    fp32_readers = {i for n in kept_nodes for i in n.input if i}
-    other_readers = {i for n in src.node if n.op_type not in keep for i in n.input if i}
-    outputs = {o.name for o in src.output}
-
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    del graph.value_info[:]
-    del graph.initializer[:]
-    del graph.node[:]
-
-    # Initializers: FP16 unless only kept-FP32 ops read them (then FP32); both -> one copy of each.
-    fp32_init_alias: dict[str, str] = {}
-    for init in src.initializer:
-        if init.data_type != FLOAT:
-            graph.initializer.append(init)
-            continue
-        fp32_use, half_use = init.name in fp32_readers, init.name in other_readers or init.name in outputs
-        if half_use or not fp32_use:
-            graph.initializer.append(_half_tensor(init))
-        if fp32_use:
-            if half_use:
-                copy = TensorProto()
-                copy.CopyFrom(init)
-                copy.name = _unique(init.name + "_fp32", taken)
-                fp32_init_alias[init.name] = copy.name
-                graph.initializer.append(copy)
-            else:
-                graph.initializer.append(init)
-    fp32_inits = {i.name for i in graph.initializer if i.data_type == FLOAT}
-
-    def cast(src_name: str, dst_name: str, to: int, tag: str) -> onnx.NodeProto:
-        return helper.make_node("Cast", [src_name], [dst_name], name=_unique(f"{tag}_cast", taken), to=to)
-
-    renamed_outputs: dict[str, str] = {}
-    for node in src.node:
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        if node.op_type in keep:
-            pre = []
-            for idx, name in enumerate(node.input):
-                if not name or types.get(name) != FLOAT:
-                    continue
-                if name in fp32_init_alias:
-                    new.input[idx] = fp32_init_alias[name]
-                elif name not in fp32_inits:
-                    up = _unique(name + "_fp32", taken)
-                    pre.append(cast(name, up, FLOAT, f"{node.name}_in{idx}"))
-                    new.input[idx] = up
-            post = []
-            for idx, name in enumerate(node.output):
-                if name and types.get(name) == FLOAT:
-                    wide = _unique(name + "_fp32", taken)
-                    new.output[idx] = wide
-                    post.append(cast(wide, name, HALF, f"{node.name}_out{idx}"))
-            graph.node.extend([*pre, new, *post])
-            continue
-        if node.op_type == "Constant":
-            for attr in new.attribute:
-                if attr.name == "value" and attr.t.data_type == FLOAT:
-                    attr.t.CopyFrom(_half_tensor(attr.t))
-        elif node.op_type == "Cast":
-            for attr in new.attribute:
+    src = onnx.ModelProto()
+    src.CopyFrom(model)
+    _drop_noop_casts(src)
+    _split_shared_initializers(src, set(keep_fp32))
+    own_casts = {n.name for n in src.graph.node if n.op_type == "Cast"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns about every value it clips
+        half = float16.convert_float_to_float16(
+            src, keep_io_types=True, op_block_list=sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_fp32)),
+            min_positive_val=_FP16_TINY, max_finite_val=_FP16_MAX)
+    for node in half.graph.node:
+        if node.op_type == "Cast" and node.name in own_casts:
+            for attr in node.attribute:
                 if attr.name == "to" and attr.i == FLOAT:
                     attr.i = HALF
-        elif node.op_type == "ConstantOfShape":
-            for attr in new.attribute:
-                if attr.name == "value" and attr.t.data_type == FLOAT:
-                    attr.t.CopyFrom(_half_tensor(attr.t))
-        elif any(attr.name in ("dtype", "to") for attr in node.attribute) and node.op_type not in ("Cast",):
-            raise ValueError(f"convert_fp16 does not handle {node.op_type} with a dtype attribute ({node.name})")
-        graph.node.append(new)
+    del half.graph.value_info[:]
+    _keep_float_outputs(half, {o.name for o in model.graph.output if o.type.tensor_type.elem_type == FLOAT})
+    _drop_noop_casts(half)
+    onnx.checker.check_model(half)
+    return onnx.shape_inference.infer_shapes(half, strict_mode=True)
 
-    # Float graph outputs stay FP32: the producer writes an FP16 tensor, a final Cast widens it.
+
+def _keep_float_outputs(model: onnx.ModelProto, names: set[str]) -> None:
+    """Graph outputs that were float32 stay float32: a final Cast up where the converter left FP16."""
+    from onnx import helper
+
+    graph = model.graph
     for output in graph.output:
-        if output.type.tensor_type.elem_type != FLOAT:
+        if output.name not in names or output.type.tensor_type.elem_type == FLOAT:
             continue
-        narrow = _unique(output.name + "_fp16", taken)
-        renamed_outputs[output.name] = narrow
+        narrow = output.name + "_fp16"
         for node in graph.node:
-            for idx, name in enumerate(node.output):
-                if name == output.name:
-                    node.output[idx] = narrow
-            for idx, name in enumerate(node.input):
-                if name == output.name:
-                    node.input[idx] = narrow
-        graph.node.append(cast(narrow, output.name, FLOAT, output.name))
-    _drop_noop_casts(out)
-    onnx.checker.check_model(out)
-    return onnx.shape_inference.infer_shapes(out, strict_mode=True)
+            node.output[:] = [narrow if o == output.name else o for o in node.output]
+            node.input[:] = [narrow if i == output.name else i for i in node.input]
+        graph.node.append(helper.make_node("Cast", [narrow], [output.name], name=output.name + "_cast_fp32", to=FLOAT))
+        output.type.tensor_type.elem_type = FLOAT
+
+
+def _split_shared_initializers(model: onnx.ModelProto, keep: set[str]) -> int:
+    """Give kept-FP32 ops their own copy of float initializers that other ops read too; how many."""
+    graph = model.graph
+    floats = {i.name: i for i in graph.initializer if i.data_type == FLOAT}
+    other = {name for n in graph.node if n.op_type not in keep for name in n.input}
+    taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    copies: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in keep:
+            continue
+        for idx, name in enumerate(node.input):
+            if name in floats and name in other:
+                if name not in copies:
+                    copy = TensorProto()
+                    copy.CopyFrom(floats[name])
+                    copy.name = next(c for i in range(len(taken) + 1) if (c := f"{name}_fp32_{i}") not in taken)
+                    taken.add(copy.name)
+                    graph.initializer.append(copy)
+                    copies[name] = copy.name
+                node.input[idx] = copies[name]
+    return len(copies)
 
 
 def _drop_noop_casts(model: onnx.ModelProto) -> int:
@@ -231,10 +182,12 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
         copy_files,
         finalize,
         inherited,
+        onnx_for_reading,
         tool_versions,
         verify_bundle,
     )
     from edgeseg.errors import EdgesegError
+    from edgeseg.fileio import work_dir
     from edgeseg.outputs import token_fidelity
     from edgeseg.quantize import Gate
 
@@ -249,8 +202,8 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
         raise EdgesegError("the FP16 fidelity check needs evaluation prompts")
     length = int(manifest["context_length"])
     ids = bundle_tokenizer(src, manifest)(list(eval_prompts), length).ids
-    with bundle_writer(out) as tmp:
-        half = convert_fp16(onnx.load(str(src / manifest["model"])))
+    with bundle_writer(out) as tmp, work_dir(out) as work:
+        half = convert_fp16(onnx.load(str(onnx_for_reading(src, manifest, work))))
         onnx.save(half, str(tmp / manifest["model"]))
         say(f"FP16 ONNX (LayerNorm/Softmax in FP32): checking against FP32 on {len(ids)} evaluation prompts")
         ref_memory, ref_mask = _run(src / manifest["model"], ids, threads)
@@ -265,14 +218,15 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
         new = inherited(manifest)
         new.update({
             "precision": "fp16",
-            "fp16": {"converter": "edgeseg.targets.fp16", "fp32_ops": list(KEEP_FP32),
+            "fp16": {"converter": "onnxconverter-common float16 (+ edgeseg.targets.fp16 cast fixes)",
+                     "fp32_ops": list(KEEP_FP32),
                      "interface": "input_ids int64, memory float32 (final Cast), mask bool",
                      "plan": precision_plan(half)},
             "fidelity": {**fidelity, "vs": "fp32 bundle", "split": "eval", "runtime": (
                 "onnxruntime CPU (upcasts FP16 kernels it lacks: checks FP16 storage and rounding between ops)"),
                 "gate": {"mean_cosine": gate.mean_cosine, "worst_cosine": gate.worst_cosine}, "passed": True},
             "source_bundle": {"precision": "fp32", "model_sha256": manifest["files"][manifest["model"]]["sha256"]},
-            "tools": tool_versions("onnx", "onnxruntime", "numpy"),
+            "tools": tool_versions("onnx", "onnxruntime", "numpy", "onnxconverter-common"),
         })
         return finalize(tmp, new)
 

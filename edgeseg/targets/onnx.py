@@ -29,31 +29,11 @@ from edgeseg.bundle import (
 )
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
+from edgeseg.runtime.onnxruntime import PROVIDERS, SESSION_OPTIONS, session_options
 
 log = logging.getLogger(__name__)
 
-#: what the runner sets (edgeseg.runtime.onnxruntime); ``intra_op_num_threads`` 0 = one per core
-SESSION_OPTIONS = {
-    "graph_optimization_level": "ORT_ENABLE_ALL",
-    "execution_mode": "ORT_SEQUENTIAL",
-    "intra_op_num_threads": 0,
-    "inter_op_num_threads": 1,
-    "log_severity_level": 3,
-}
-PROVIDERS = ["CPUExecutionProvider"]
-
-
-def session_options(threads: int | None = None):
-    """An ``onnxruntime.SessionOptions`` built from :data:`SESSION_OPTIONS`."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, SESSION_OPTIONS["graph_optimization_level"])
-    options.execution_mode = getattr(ort.ExecutionMode, SESSION_OPTIONS["execution_mode"])
-    options.intra_op_num_threads = int(threads or SESSION_OPTIONS["intra_op_num_threads"])
-    options.inter_op_num_threads = SESSION_OPTIONS["inter_op_num_threads"]
-    options.log_severity_level = SESSION_OPTIONS["log_severity_level"]
-    return options
+# The session options the runner uses (recorded in the manifest, which the runner then honours).
 
 
 def _latency_ms(session, ids: np.ndarray, repeats: int = 20) -> float:
@@ -85,7 +65,8 @@ def onnx_bundle(
     with bundle_writer(out) as tmp:
         copy_files(tmp, stage, manifest)
         say("self-check with ONNX Runtime (the recorded session options) and latency on this host")
-        session = ort.InferenceSession(str(tmp / manifest["model"]), session_options(threads), providers=PROVIDERS)
+        session = ort.InferenceSession(str(tmp / manifest["model"]), session_options(None, threads),
+                                       providers=PROVIDERS)
         reference = load_reference(tmp, manifest)
         memories, masks = [], []
         ids = reference["input_ids"]

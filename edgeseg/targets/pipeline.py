@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 from edgeseg.bundle import check_bundle_target, model_files, verify_bundle
 from edgeseg.errors import EdgesegError
+from edgeseg.fileio import work_dir
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +210,11 @@ def build(
                                               bank=prompts.bank, bank_dtype=prompts.bank_dtype)
         return BuildResult(manifest, header + target_rows + _size_rows(manifest))
 
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-    try:
+    with work_dir(out) as work:  # named as atomic writes' temporaries: a killed run's is removed by the next
         stage, stage_manifest, rows = _onnx_stages(target, work, model, bundle, bundle_manifest, precision, prompts,
                                                    source, opset, method, gate, threads, build_info, say)
         build_info["build"]["stages"].append(target)
         manifest, target_rows = _target_step(target, stage, out, max_batch, engine, facts, build_info, threads, say)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     rows = header + rows + target_rows + _size_rows(manifest)
     return BuildResult(manifest, [r for r in rows if r[0] != "next"] + [r for r in rows if r[0] == "next"])
 

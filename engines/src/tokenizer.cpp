@@ -27,6 +27,11 @@ struct HtmlCharref {
 
 constexpr const char* kSpecialTokens[2] = {"<start_of_text>", "<end_of_text>"};
 constexpr size_t kMaxCacheEntries = 1 << 18;
+// Bounded work, as edgeseg/tokenizer.py: a prompt is tokenized until it has more than kMaxContext content tokens,
+// and only the first max_word_bytes_ (longest token x (kMaxContext + 1)) bytes of a word are merged. Neither
+// changes the ids of a prompt that fits a context of at most kMaxContext.
+constexpr int64_t kMaxContext = 512;
+constexpr size_t kMaxTokenBytes = 256;  // CLIP's longest token has 32
 
 std::string read_gzip(const std::string& path) {
   gzFile file = gzopen(path.c_str(), "rb");
@@ -43,6 +48,10 @@ std::string read_gzip(const std::string& path) {
     }
     if (n == 0) break;
     data.append(buffer, static_cast<size_t>(n));
+    if (data.size() > (size_t{64} << 20)) {  // CLIP's full file is 1.6 MB: this is a decompression bomb
+      gzclose(file);
+      fail(EDGESEG_ERROR_BUNDLE, "tokenizer vocabulary " + path + " is larger than 64 MiB uncompressed");
+    }
   }
   gzclose(file);
   return data;
@@ -358,8 +367,9 @@ std::u32string clean_codepoints(std::string_view text) {
 
 Tokenizer::Tokenizer(const TokenizerSpec& spec)
     : context_length_(spec.context_length), pad_id_(spec.pad_id) {
-  if (spec.context_length < 2) {
-    fail(EDGESEG_ERROR_BUNDLE, "context length must be at least 2 (SOT and EOT), got " + std::to_string(spec.context_length));
+  if (spec.context_length < 2 || spec.context_length > kMaxContext) {
+    fail(EDGESEG_ERROR_BUNDLE, "context length must be 2.." + std::to_string(kMaxContext) + " (SOT and EOT need 2), got " +
+                                   std::to_string(spec.context_length));
   }
   if (spec.num_merges < 0 || spec.num_merges > 10000000) {
     fail(EDGESEG_ERROR_BUNDLE, "tokenizer num_merges " + std::to_string(spec.num_merges) + " is out of range");
@@ -391,7 +401,19 @@ Tokenizer::Tokenizer(const TokenizerSpec& spec)
   tokens_.reserve(512 + merges.size() + 2);
   for (int i = 0; i < 256; ++i) tokens_.push_back(encode_utf8(std::u32string(1, code[order[i]])));
   for (int i = 0; i < 256; ++i) tokens_.push_back(tokens_[static_cast<size_t>(i)] + "</w>");
-  for (const auto& m : merges) tokens_.push_back(m.first + m.second);
+  size_t longest = 1;  // bytes of the longest token: one code point per byte, "</w>" aside
+  for (const auto& m : merges) {
+    tokens_.push_back(m.first + m.second);
+    const std::string& t = tokens_.back();
+    const size_t chars = decode_utf8(t).size();
+    const bool end = t.size() >= 4 && t.compare(t.size() - 4, 4, "</w>") == 0;
+    longest = std::max(longest, end ? chars - 4 : chars);
+  }
+  if (longest > kMaxTokenBytes) {
+    fail(EDGESEG_ERROR_BUNDLE, spec.vocab_path + " is not a CLIP BPE vocabulary (a token of " + std::to_string(longest) +
+                                   " bytes; at most " + std::to_string(kMaxTokenBytes) + ")");
+  }
+  max_word_bytes_ = longest * static_cast<size_t>(kMaxContext + 1);
   for (const char* special : kSpecialTokens) tokens_.emplace_back(special);
   encoder_.reserve(tokens_.size());
   for (size_t i = 0; i < tokens_.size(); ++i) encoder_[tokens_[i]] = static_cast<int32_t>(i);
@@ -480,8 +502,14 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) {
       continue;
     }
     piece.assign(s, i, n);
-    const auto& piece_ids = bpe(encode_utf8(piece));
+    std::string bytes = encode_utf8(piece);
+    if (bytes.size() > max_word_bytes_) bytes.resize(max_word_bytes_);
+    const auto& piece_ids = bpe(bytes);
     ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+    if (static_cast<int64_t>(ids.size()) > kMaxContext) {
+      ids.resize(static_cast<size_t>(kMaxContext) + 1);
+      break;
+    }
     i += n;
   }
   return ids;

@@ -31,7 +31,7 @@ class Tokenizer {
  public:
   explicit Tokenizer(const TokenizerSpec& spec);
 
-  // Content ids of one UTF-8 prompt (no SOT/EOT, no truncation). Throws Failure on invalid UTF-8.
+  // Content ids of one UTF-8 prompt (no SOT/EOT, no truncation; at most 513). Throws Failure on invalid UTF-8.
   std::vector<int32_t> encode(std::string_view text);
 
   // Packs [SOT] + ids + [EOT] into out[context_length] (truncated with EOT last, padded with the pad
@@ -58,6 +58,7 @@ class Tokenizer {
   int32_t byte_end_id_[256];                            // byte -> id of its symbol + "</w>"
   std::unordered_map<std::string, std::vector<int32_t>> cache_;
   int64_t context_length_, sot_id_, eot_id_, pad_id_;
+  size_t max_word_bytes_ = 0;  // see kMaxContext in tokenizer.cpp
 };
 
 // Exposed for tests.

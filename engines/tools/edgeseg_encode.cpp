@@ -1,4 +1,5 @@
 // edgeseg-encode: encode a prompts file with a bundle, like `edgeseg encode --bundle`, without Python.
+#include <sys/stat.h>
 #include <unistd.h>
 #include <utf8proc.h>
 
@@ -151,6 +152,25 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
+// --out is never an input (the prompts file, through links too), inside the bundle, or anything but a regular file.
+void check_not_an_input(const std::string& out, const std::string& prompts, const std::string& bundle) {
+  struct stat o {}, p {};
+  if (::lstat(out.c_str(), &o) == 0) {
+    if (!S_ISREG(o.st_mode)) usage_error("--out " + out + " exists and is not a regular file: refusing to replace it");
+    if (::stat(prompts.c_str(), &p) == 0 && o.st_dev == p.st_dev && o.st_ino == p.st_ino) {
+      usage_error("--out " + out + " is the input " + prompts + ": refusing to overwrite it");
+    }
+  }
+  const std::string parent = out.find('/') == std::string::npos ? "." : out.substr(0, out.rfind('/') + 1);
+  char* real_parent = ::realpath(parent.c_str(), nullptr);
+  char* real_bundle = ::realpath(bundle.c_str(), nullptr);
+  const bool inside = real_parent && real_bundle &&
+                      (std::string(real_parent) + "/").rfind(std::string(real_bundle) + "/", 0) == 0;
+  std::free(real_parent);
+  std::free(real_bundle);
+  if (inside) usage_error("--out " + out + " is inside the bundle " + bundle + ": refusing to change it");
+}
+
 int run(int argc, char** argv) {
   const Args args = parse_args(argc, argv);
   if (args.help) {
@@ -166,6 +186,7 @@ int run(int argc, char** argv) {
     std::string parent = out.find('/') == std::string::npos ? "." : out.substr(0, out.rfind('/'));
     if (parent.empty()) parent = "/";
     if (::access(parent.c_str(), W_OK) != 0) usage_error("output folder " + parent + " does not exist or is not writable");
+    check_not_an_input(out, args.prompts_path, bundle);
   }
   std::vector<std::string> prompts = read_prompts(args.prompts_path);
 

@@ -46,11 +46,29 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-KIT_VERSION = 2  # 2: trt_lint.py + trt_support.json, linted before building
+
+def _checker_beside():
+    """The copy of edgeseg/bundlecheck.py (standard library only) that edgeseg ships beside this script."""
+    path = Path(__file__).with_name("bundlecheck.py")
+    if not path.is_file():
+        sys.exit("build_engine: error: bundlecheck.py is missing beside this script; rebuild the bundle with edgeseg")
+    spec = importlib.util.spec_from_file_location("bundlecheck", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:  # imported as edgeseg.targets.jetson_kit.build_engine (host builds)
+    from edgeseg import bundlecheck
+else:  # run on the device
+    bundlecheck = _checker_beside()
+
+KIT_VERSION = 3  # 2: trt_lint.py + trt_support.json, linted before building; 3: bundlecheck.py, schema
 LINT_FILE = "trt_lint.py"
 ENGINE_FILE = "model.engine"
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec",)
@@ -69,31 +87,19 @@ class KitError(Exception):
 
 
 # -- bundle --------------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_file = bundlecheck.sha256_file
 
 
 def read_manifest(bundle: Path, check_files: bool = True) -> dict:
-    path = bundle / "manifest.json"
-    if not path.is_file():
-        raise KitError(f"{bundle} is not an edgeseg bundle: no manifest.json")
+    """The manifest, checked by edgeseg's bundle rules (bundlecheck.py: limits, schema, file names; with
+    ``check_files`` every listed file's size and sha256 and the ONNX external data too)."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise KitError(f"{path} is not valid JSON ({exc})") from exc
-    if manifest.get("format") != "edgeseg-bundle" or "engine" not in manifest:
-        raise KitError(f"{path} is not an edgeseg bundle with an engine plan (edgeseg build --target jetson)")
-    if check_files:
-        for name, entry in manifest.get("files", {}).items():
-            file = bundle / name
-            if not file.is_file():
-                raise KitError(f"bundle is incomplete: {name} is missing")
-            if file.stat().st_size != entry.get("bytes") or sha256_file(file) != entry.get("sha256"):
-                raise KitError(f"bundle is corrupt or was modified: {name} does not match its sha256")
+        manifest = bundlecheck.verify_bundle(bundle) if check_files else bundlecheck.read_manifest(bundle)
+    except bundlecheck.BundleError as exc:
+        raise KitError(str(exc)) from None
+    if "engine" not in manifest:
+        raise KitError(f"{bundle / 'manifest.json'} is not an edgeseg bundle with an engine plan "
+                       "(edgeseg build --target jetson)")
     return manifest
 
 
@@ -483,9 +489,14 @@ def run_reference(engine, reference: dict, max_batch: int) -> tuple[np.ndarray, 
 
 
 def load_reference(bundle: Path, manifest: dict) -> dict:
-    name = (manifest.get("reference") or {}).get("file", "reference.npz")
-    with np.load(bundle / name, allow_pickle=False) as data:
-        return {k: data[k] for k in ("input_ids", "memory", "mask")}
+    name = (manifest.get("reference") or {}).get("file")
+    if not name:
+        raise KitError("the bundle carries no reference outputs to verify the engine with")
+    try:
+        with np.load(bundle / name, allow_pickle=False) as data:
+            return {k: data[k] for k in ("input_ids", "memory", "mask")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise KitError(f"{bundlecheck.printable(name)} is not a readable reference file ({exc})") from None
 
 
 def batch_for_latency(ids: np.ndarray, batch: int) -> np.ndarray:
