@@ -272,3 +272,21 @@ def test_device_check_stops_with_no_gpu_and_exit_0(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no GPU" in proc.stdout + proc.stderr
     assert not np.any([p.name == "results.json" for p in tmp_path.rglob("*")])
+
+
+def test_accuracy_retrieval_counts_ties_against_the_prompt():
+    """A candidate whose outputs carry nothing cannot retrieve: all-zero memory ties with every reference."""
+    from edgeseg.bench.accuracy import compare
+    from edgeseg.outputs import Encoded
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((6, 4), bool)
+    mask[:, 3] = True
+    teacher = Encoded(np.ones((6, 4), np.int64), mask, rng.normal(size=(6, 4, 8)).astype(np.float32))
+    zeros = Encoded(teacher.input_ids, mask, np.zeros((6, 4, 8), np.float32))
+    got = compare(zeros, teacher)  # every similarity is 0: each prompt ties with all 6 references, ranks last
+    assert got["retrieval_top1"] == 0.0 and got["retrieval_chance"] == 1 / 6
+    constant = compare(Encoded(teacher.input_ids, mask, np.ones((6, 4, 8), np.float32)), teacher)
+    assert constant["retrieval_top1"] <= 1 / 6  # one direction for all prompts: at most the luck of one prompt
+    same = compare(teacher, teacher)
+    assert same["retrieval_top1"] == 1.0 and same["pooled_cosine_mean"] == pytest.approx(1.0)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from edgeseg.outputs import Encoded, pooled, token_fidelity
+from edgeseg.outputs import Encoded, cosine, pooled, retrieval, token_fidelity
 
 
 def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
@@ -31,11 +29,8 @@ def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
     mask_mismatch = int((candidate.mask[:, :length] != teacher.mask[:, :length]).any(1).sum())
     cand_pooled = pooled(candidate.memory, candidate.mask)
     ref_pooled = pooled(teacher.memory, teacher.mask)
-    a = cand_pooled / np.maximum(np.linalg.norm(cand_pooled, axis=1, keepdims=True), 1e-12)
-    b = ref_pooled / np.maximum(np.linalg.norm(ref_pooled, axis=1, keepdims=True), 1e-12)
-    sims = a @ b.T  # [N candidates, N teacher]
-    own = np.diag(sims)
-    rank = (sims > own[:, None]).sum(1)  # 0 = own teacher embedding is the nearest
+    found = retrieval(cand_pooled, ref_pooled)  # ties count against a prompt: constant outputs get chance
+    own = cosine(cand_pooled, ref_pooled)
     truncated = int((~candidate.mask).all(1).sum())  # every position valid: the prompt filled the context
     return {
         "prompts": tokens["prompts"],
@@ -44,9 +39,10 @@ def compare(candidate: Encoded, teacher: Encoded) -> dict[str, Any]:
         "worst_token_cosine": tokens["worst_cosine"],
         "mse": tokens["mse"],
         "pooled_cosine_mean": float(own.mean()),
-        "retrieval_top1": float((rank == 0).mean()),
-        "retrieval_top5": float((rank < 5).mean()),
-        "mean_rank": float(rank.mean()),
+        "retrieval_top1": found["retrieval_top1"],
+        "retrieval_top5": found["retrieval_top5"],
+        "mean_rank": found["mean_rank"],
+        "retrieval_chance": found["retrieval_chance"],
         "mask_mismatch_prompts": mask_mismatch,
         "truncated_at_candidate": truncated,
     }
