@@ -186,3 +186,30 @@ def test_a_pruned_vocabulary_keeps_the_in_graph_mask(saved, tmp_path):
         a, b = full.encode(PROMPTS), pruned.encode(PROMPTS)
     np.testing.assert_array_equal(a.mask, b.mask)
     assert (b.input_ids[b.mask] == tok["pad_id"]).all()
+
+
+def test_core_ml_program_reproduces_the_transformers_semantics(saved, tmp_path):
+    """The Core ML program computes the "after the first EOT" mask and the masked attention itself: its MIL
+    program (evaluated in float32) matches torch, mask included; the manifest records the padding."""
+    pytest.importorskip("coremltools")
+    from edgeseg.targets.coreml import coreml_bundle
+
+    ours = ours_at(saved["s0-77rows"][1], 16)
+    manifest, _ = coreml_bundle(ours, tmp_path / "coreml", "fp32", 2, PROMPTS, {"checkpoint": "test"})
+    assert manifest["semantics"] == "transformers" and manifest["tokenizer"]["pad_id"] == 49407
+    assert manifest["coreml"]["ops"].get("cumsum") == 1
+    assert manifest["fidelity"]["mil_emulation"]["worst_cosine"] >= 0.99999
+
+
+def test_distill_trains_a_student_with_transformers_semantics(tmp_path):
+    """``edgeseg distill --semantics transformers``: the student trains on ids padded with 49407 and its
+    student.safetensors records the semantics, so splice --to transformers keeps its function."""
+    from test_distill import _lines, run_cli, tiny_args
+
+    (tmp_path / "train.txt").write_text("\n".join(_lines("distill", 48)) + "\n", encoding="utf-8")
+    (tmp_path / "eval.txt").write_text("\n".join(_lines("eval", 12)) + "\n", encoding="utf-8")
+    corpus = {"train": tmp_path / "train.txt", "eval": tmp_path / "eval.txt"}
+    proc = run_cli(tiny_args(corpus, tmp_path / "run", "--semantics", "transformers", steps=4))
+    assert proc.returncode == 0, proc.stderr
+    ckpt = read_checkpoint(tmp_path / "run" / "student.safetensors")
+    assert (ckpt.metadata["semantics"], ckpt.metadata["pad_id"]) == ("transformers", "49407")
