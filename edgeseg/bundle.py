@@ -10,8 +10,10 @@ never leaves a half bundle. No torch here.
 
 ``manifest.json`` (format ``edgeseg-bundle``, version 1)::
 
-    format, format_version, created, encoder, context_length, position_table, precision,
-    target, backend, model (file name), inputs/outputs [{name, dtype, shape}], tokenizer {...},
+    format, format_version, created, encoder, context_length, position_table, semantics
+    ("efficientsam3" | "transformers"; absent in older bundles = efficientsam3), precision,
+    target, backend, model (file name), inputs/outputs [{name, dtype, shape}], tokenizer {...,
+    pad_id, mask},
     files {name: {sha256, bytes}}, source {checkpoint, checkpoint_sha256 | "random", seed},
     export {opset, max_abs_diff vs torch, ...}, calibration {...} | null, fidelity {...} | null,
     excluded_layers [...], reference {file, prompts}, tools {name: version}
@@ -307,7 +309,8 @@ def _check_reference(headers: dict[str, tuple[np.dtype, tuple[int, ...]]], manif
 
 
 def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None = None):
-    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges).
+    """The tokenizer a bundle ships (its vocabulary file; a pruned one keeps ``num_merges`` merges),
+    padding with the manifest's ``pad_id`` (0 when absent).
 
     The ids the manifest records (``sot_id``, ``eot_id``, ``vocab_size``) must be the vocabulary's.
     Imported here, not at module level: ftfy and regex cost ~9 MB of RSS, which a process that answers
@@ -319,7 +322,7 @@ def bundle_tokenizer(bundle: str | os.PathLike, manifest: dict[str, Any] | None 
     spec = manifest["tokenizer"]
     try:
         tokenizer = Tokenizer(Path(bundle) / spec["vocab"], context_length=manifest["context_length"],
-                              num_merges=spec.get("num_merges"))
+                              num_merges=spec.get("num_merges"), pad_id=int(spec.get("pad_id", 0)))
     except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise EdgesegError(f"bundle {printable(bundle)}: cannot read its tokenizer vocabulary "
                            f"{printable(spec['vocab'])} ({printable(exc, 160)})") from None

@@ -30,8 +30,9 @@ def encode_prompts(
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> Encoded:
-    """Tokenize ``prompts`` at the model's context length and run the model on them in batches."""
-    batch = get_tokenizer()(list(prompts), model.context_length)
+    """Tokenize ``prompts`` at the model's context length (padded with its pad id) and run the model on them
+    in batches."""
+    batch = get_tokenizer()(list(prompts), model.context_length, model.pad_id)
     device = next(model.parameters()).device
     memories, masks = [], []
     for start in range(0, len(prompts), batch_size):

@@ -6,7 +6,10 @@ traces ``input_ids [batch, L] -> (memory [batch, L, 256], mask [batch, L])`` wit
 and a fixed context length. A causal encoder (the SAM3 teacher) may instead be exported with a
 dynamic sequence axis (``dynamic_length=True``, 1 <= L <= context length): its valid positions do
 not depend on how much padding follows them, so a prompt can run at its own length, exactly (the
-export checks it). Dead weights (the teacher's ``text_projection``, the students'
+export checks it). The padding mask (and, under transformers
+semantics, the students' attention mask) is computed inside the graph from the ids (``Equal``, and
+for "after the first EOT" a float ``CumSum``), so a user feeds ids only, padded with the manifest's
+``tokenizer.pad_id``. Dead weights (the teacher's ``text_projection``, the students'
 ``projection_layer``) are not reachable from the outputs, so they are not in the graph.
 """
 
@@ -29,7 +32,7 @@ from edgeseg.encoders import TextEncoder
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
-from edgeseg.tokenizer import get_tokenizer
+from edgeseg.tokenizer import EOT_ID, MASK_RULES, get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
 
 log = logging.getLogger(__name__)
@@ -80,7 +83,8 @@ def export_onnx(model: TextEncoder, path: str | os.PathLike, opset: int = DEFAUL
         check_dynamic_length(model.name, model.config)
     path = Path(path)
     wrapper = OnnxExportWrapper(inference_copy(model, dynamic_length)).eval()
-    example = torch.from_numpy(get_tokenizer()(["a dog", "a player in white"], model.context_length).ids)
+    example = torch.from_numpy(get_tokenizer()(["a dog", "a player in white"], model.context_length,
+                                                model.pad_id).ids)
     axes = {0: "batch", 1: "length"} if dynamic_length else {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -92,10 +96,16 @@ def export_onnx(model: TextEncoder, path: str | os.PathLike, opset: int = DEFAUL
     return path
 
 
-def own_length(input_ids: np.ndarray) -> int:
-    """The longest prompt's length in a batch of ids padded with 0 (SOT..EOT; at least 1)."""
-    columns = (np.asarray(input_ids) != 0).any(0).nonzero()[0]
-    return int(columns.max()) + 1 if len(columns) else 1
+def own_length(input_ids: np.ndarray, eot_id: int = EOT_ID) -> int:
+    """The longest prompt's length in a batch (SOT..its first EOT, whatever the pad id: 0, or 49407 = EOT
+    under transformers semantics; a row without EOT: up to its last non-zero id), at least 1."""
+    ids = np.asarray(input_ids)
+    if not ids.size:
+        return 1
+    is_eot = ids == eot_id
+    nonzero = ids != 0
+    last = np.where(nonzero.any(1), ids.shape[1] - nonzero[:, ::-1].argmax(1), 1)
+    return int(np.where(is_eot.any(1), is_eot.argmax(1) + 1, last).max())
 
 
 def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask: np.ndarray,
@@ -149,7 +159,7 @@ def export_bundle(
     the bundle for on-device self-checks. With ``dynamic_length`` the sequence axis is dynamic
     (causal encoders only) and each reference prompt is also checked at its own length.
     """
-    tokens = get_tokenizer()(list(reference_prompts), model.context_length)
+    tokens = get_tokenizer()(list(reference_prompts), model.context_length, model.pad_id)
     reference = model
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
         reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
@@ -170,12 +180,13 @@ def export_bundle(
         fidelity = token_fidelity(memory, ref_memory, ref_mask)
         length_check = _dynamic_length_check(tmp / MODEL_FILE, tokens.ids, memory, mask, tolerance) \
             if dynamic_length else None
-        tokenizer = write_bundle_vocabulary(tmp)
+        tokenizer = write_bundle_vocabulary(tmp, model.pad_id, MASK_RULES[model.padding.semantics])
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
         manifest = finalize(tmp, {
             "encoder": model.name,
             "context_length": model.context_length,
             "position_table": getattr(model, "position_table", None),
+            "semantics": model.padding.semantics,
             "precision": "fp32",
             "target": "onnx",
             "backend": "onnxruntime",

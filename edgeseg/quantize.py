@@ -121,6 +121,33 @@ def prune_embedding_rows(model: onnx.ModelProto, old_ids: np.ndarray) -> int:
     return saved
 
 
+def remap_id_constants(model: onnx.ModelProto, id_map: np.ndarray) -> int:
+    """Renumber the token ids the graph compares ``input_ids`` with (the padding mask's ``Equal``: pad 0
+    or EOT) through ``id_map`` (original id -> new id), so the mask stays right with a pruned vocabulary."""
+    inputs = {i.name for i in model.graph.input}
+    inits = {i.name: i for i in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Equal" or not inputs & set(node.input):
+            continue
+        other = next(name for name in node.input if name not in inputs)
+        holder = inits.get(other)
+        if holder is None and other in consts:
+            holder = next((a.t for a in consts[other].attribute if a.name == "value"), None)
+        if holder is None:
+            raise EdgesegError(f"the graph compares input_ids with {other!r}, which is not a constant")
+        old = numpy_helper.to_array(holder)
+        new = id_map[old.astype(np.int64)].astype(old.dtype)
+        if (new < 0).any():
+            raise EdgesegError(f"vocabulary pruning dropped the id(s) {old[new < 0].tolist()} the graph compares with")
+        if np.array_equal(new, old):
+            continue
+        holder.CopyFrom(numpy_helper.from_array(new, holder.name))
+        changed += 1
+    return changed
+
+
 #: how an INT8 token-embedding table is read (:func:`quantize_embedding_rows`); the table and row
 #: scales are the same in both, so are the values the graph computes
 EMBEDDING_FORMS = {
@@ -589,9 +616,11 @@ def _prune_stage(src: Path, manifest: dict[str, Any], fp32: Path, tmp: Path, wor
     pruned = prune_vocabulary([*prune_prompts, *reference_prompts], tokenizer)
     say(f"vocabulary pruned to {pruned.vocab_size:,} of {VOCAB_SIZE:,} ids from {len(prune_prompts):,} prompts")
     length = int(manifest["context_length"])
-    pruned_tokenizer = pruned.tokenizer(pruned.write(tmp / PRUNED_VOCAB_FILENAME), length)
+    pruned_tokenizer = pruned.tokenizer(pruned.write(tmp / PRUNED_VOCAB_FILENAME), length,
+                                        pruned.new_id(tokenizer.pad_id))
     model = onnx.load(str(fp32))
     prune_embedding_rows(model, pruned.old_ids)
+    remap_id_constants(model, pruned.id_map())  # the mask's pad / EOT ids follow the renumbering
     onnx.save(model, str(work / "fp32_pruned.onnx"))
     return pruned, work / "fp32_pruned.onnx", pruned_tokenizer
 
@@ -750,7 +779,8 @@ def _write_pruned_files(tmp: Path, src: Path, manifest: dict[str, Any], new_mani
         save_reference(tmp / reference_name, ref["prompts"], ids, ref["memory"], ref["mask"])
     new_manifest["tokenizer"] = {
         **manifest["tokenizer"], "vocab": PRUNED_VOCAB_FILENAME, "vocab_md5": md5_file(tmp / PRUNED_VOCAB_FILENAME),
-        "sot_id": pruned.sot_id, "eot_id": pruned.eot_id, "pad_id": 0, "vocab_size": pruned.vocab_size,
+        "sot_id": pruned.sot_id, "eot_id": pruned.eot_id,
+        "pad_id": pruned.new_id(manifest["tokenizer"].get("pad_id", 0)), "vocab_size": pruned.vocab_size,
         "num_merges": pruned.num_merges,
         "pruned": {"corpus": prune_name, "sha256": prompts_hash(prune_prompts), "prompts": len(prune_prompts),
                    "original_vocab_size": VOCAB_SIZE,

@@ -9,7 +9,8 @@ The specification is ``shared/reference/encoders.md`` section 1. In short:
 * each piece is UTF-8 encoded, bytes mapped to printable code points, ``</w>`` appended to the last
   symbol, then merged greedily by merge rank;
 * packing: ``[SOT] + ids + [EOT]``, truncated to the context length with EOT forced last, padded
-  with id 0.
+  with the pad id: 0 as SAM3 and efficientsam3 pad, or 49407 (``<|endoftext|>``, the same id as
+  EOT) as transformers' CLIP tokenizer pads (the padding semantics, :mod:`edgeseg.encoders.base`).
 
 Bounded work, without changing the ids of any prompt that fits a context of at most
 :data:`MAX_CONTEXT_LENGTH` (Meta's tokenizer takes hours on a 10 MB word): BPE runs on a priority
@@ -43,7 +44,11 @@ import regex
 
 SOT_ID = 49406
 EOT_ID = 49407
-PAD_ID = 0
+PAD_ID = 0  # SAM3's and efficientsam3's padding id (also the real token "!")
+TRANSFORMERS_PAD_ID = 49407  # CLIP's <|endoftext|>: transformers' tokenizer pads with the EOT id
+#: padding semantics (see edgeseg.encoders.base.Padding) and how each reads padding from the ids
+SEMANTICS = ("efficientsam3", "transformers")
+MASK_RULES = {"efficientsam3": "input_ids == 0", "transformers": "positions after the first EOT"}
 VOCAB_SIZE = 49408
 NUM_MERGES = 49152 - 256 - 2  # 48,894 merge lines are used, after the header line
 MAX_MERGES = (1 << 16) - 512 - 2  # ids (512 + merges + SOT/EOT) are packed as 16-bit pairs
@@ -104,13 +109,14 @@ def clean_text(text: str) -> str:
 class TokenizedBatch:
     """Token ids of a batch of prompts packed to one context length.
 
-    ``ids`` is int64 ``[B, L]`` padded with 0; ``lengths`` counts each prompt's tokens including
-    SOT and EOT before truncation; ``truncated`` is how many prompts did not fit.
+    ``ids`` is int64 ``[B, L]`` padded with ``pad_id``; ``lengths`` counts each prompt's tokens
+    including SOT and EOT before truncation; ``truncated`` is how many prompts did not fit.
     """
 
     ids: np.ndarray
     lengths: np.ndarray
     context_length: int
+    pad_id: int = PAD_ID
 
     @property
     def truncated(self) -> int:
@@ -118,15 +124,18 @@ class TokenizedBatch:
 
     @property
     def mask(self) -> np.ndarray:
-        """True where the id is padding (``ids == 0``), as SAM3 computes it; see the module docs."""
-        return self.ids == PAD_ID
+        """True at padding: ``ids == 0`` as SAM3 computes it when padding with 0 (a real token 0 counts
+        too), else the positions after each prompt's tokens (transformers' ``attention_mask == 0``)."""
+        if self.pad_id == PAD_ID:
+            return self.ids == PAD_ID
+        return np.arange(self.context_length)[None, :] >= np.minimum(self.lengths, self.context_length)[:, None]
 
 
 class Tokenizer:
     """CLIP BPE tokenizer with SAM3's cleaning; ids identical to Meta's ``SimpleTokenizer``."""
 
     def __init__(self, vocab_path: str | Path | None = None, context_length: int = 32,
-                 num_merges: int | None = None):
+                 num_merges: int | None = None, pad_id: int = PAD_ID):
         self.context_length = check_context_length(context_length)
         self.vocab_path = Path(vocab_path) if vocab_path is not None else default_vocab_path()
         # A pruned vocabulary (edgeseg.vocab) keeps fewer merges; ids stay "bytes, bytes</w>, one
@@ -147,6 +156,9 @@ class Tokenizer:
         self.vocab_size = 512 + self.num_merges + len(SPECIAL_TOKENS)
         self.sot_id = 512 + self.num_merges
         self.eot_id = self.sot_id + 1
+        if not 0 <= int(pad_id) < self.vocab_size:
+            raise ValueError(f"pad id {pad_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self.pad_id = int(pad_id)  # what packing fills with: 0 (SAM3) or the EOT id (transformers)
         # Word cache: byte-mapped piece -> ids. The special strings map to their own ids.
         self._cache: dict[str, tuple[int, ...]] = {SPECIAL_TOKENS[0]: (self.sot_id,),
                                                     SPECIAL_TOKENS[1]: (self.eot_id,)}
@@ -247,17 +259,20 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Best-effort text of some ids (special and padding ids are dropped)."""
-        pieces = [self.decoder[int(i)] for i in ids if int(i) not in (self.sot_id, self.eot_id, PAD_ID)]
+        pieces = [self.decoder[int(i)] for i in ids if int(i) not in (self.sot_id, self.eot_id, self.pad_id)]
         data = bytearray(self.byte_decoder[c] for c in "".join(pieces))  # "</w>" decodes to itself
         return data.decode("utf-8", errors="replace").replace("</w>", " ").replace("\x00", "").strip()
 
     # -- batches ----------------------------------------------------------------------------------
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> TokenizedBatch:
-        """Tokenize and pack prompts into int64 ``[B, L]``; see :class:`TokenizedBatch`."""
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None,
+                 pad_id: int | None = None) -> TokenizedBatch:
+        """Tokenize and pack prompts into int64 ``[B, L]`` padded with ``pad_id`` (default: the
+        tokenizer's); see :class:`TokenizedBatch`."""
         if isinstance(texts, str):
             texts = [texts]
         length = check_context_length(context_length or self.context_length)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
+        pad = self.pad_id if pad_id is None else int(pad_id)
+        ids = np.full((len(texts), length), pad, dtype=np.int64)
         lengths = np.zeros(len(texts), dtype=np.int64)
         for row, text in enumerate(texts):
             tokens = [self.sot_id, *self.encode(text), self.eot_id]
@@ -266,7 +281,7 @@ class Tokenizer:
                 tokens = tokens[:length]
                 tokens[-1] = self.eot_id
             ids[row, : len(tokens)] = tokens
-        return TokenizedBatch(ids=ids, lengths=lengths, context_length=length)
+        return TokenizedBatch(ids=ids, lengths=lengths, context_length=length, pad_id=pad)
 
 
 def _merge_lines(path: str, num_merges: int) -> Iterator[tuple[str, str]]:
@@ -328,9 +343,9 @@ def check_context_length(length) -> int:
 
 
 @functools.cache
-def get_tokenizer(vocab_path: str | None = None) -> Tokenizer:
-    """The process-wide tokenizer for a vocabulary file (the shipped one by default)."""
-    return Tokenizer(vocab_path)
+def get_tokenizer(vocab_path: str | None = None, pad_id: int = PAD_ID) -> Tokenizer:
+    """The process-wide tokenizer for a vocabulary file (the shipped one by default) and pad id."""
+    return Tokenizer(vocab_path, pad_id=pad_id)
 
 
 def file_md5(path: str | Path) -> str:

@@ -63,20 +63,21 @@ def md5_file(path: str | os.PathLike) -> str:
     return hashlib.md5(Path(path).read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def write_bundle_vocabulary(directory: str | os.PathLike) -> dict:
+def write_bundle_vocabulary(directory: str | os.PathLike, pad_id: int = PAD_ID, mask: str = "input_ids == 0") -> dict:
     """Write the vocabulary a bundle ships and return the manifest's ``tokenizer`` section.
 
     CLIP's file holds 262,145 lines but SAM3's tokenizer reads only the header and the first
     48,894 merges; the bundle ships exactly those (~1 MB less), which Meta's ``SimpleTokenizer``,
     edgeseg's tokenizer and the C++ runtime all read identically. The manifest keeps the md5 of
-    the original file it was cut from.
+    the original file it was cut from. ``pad_id`` is what prompts are padded with (0, or 49407
+    under transformers semantics) and ``mask`` how the model's graph reads padding from the ids.
     """
     name = BUNDLE_VOCAB_FILENAME
     path = write_merges(Path(directory) / name, Tokenizer(context_length=2).merges,
                         f"CLIP BPE, first {NUM_MERGES} merges of {VOCAB_FILENAME} (the ones SAM3's tokenizer uses)")
     return {"vocab": name, "vocab_md5": md5_file(path), "source_vocab": VOCAB_FILENAME, "source_vocab_md5": VOCAB_MD5,
-            "sot_id": SOT_ID, "eot_id": EOT_ID, "pad_id": PAD_ID, "vocab_size": VOCAB_SIZE, "num_merges": NUM_MERGES,
-            "cleaning": "sam3-lower", "id_map": None}
+            "sot_id": SOT_ID, "eot_id": EOT_ID, "pad_id": int(pad_id), "vocab_size": VOCAB_SIZE,
+            "num_merges": NUM_MERGES, "cleaning": "sam3-lower", "mask": mask, "id_map": None}
 BYTE_SYMBOLS = 512  # 256 byte symbols + the same 256 with "</w>"
 
 
@@ -119,9 +120,16 @@ class PrunedVocabulary:
         return write_merges(path, self.merges,
                             f"edgeseg pruned CLIP BPE, {self.num_merges} of {NUM_MERGES} merges kept")
 
-    def tokenizer(self, path: str | os.PathLike, context_length: int) -> Tokenizer:
-        """The tokenizer of a written pruned vocabulary."""
-        return Tokenizer(path, context_length=context_length, num_merges=self.num_merges)
+    def tokenizer(self, path: str | os.PathLike, context_length: int, pad_id: int = PAD_ID) -> Tokenizer:
+        """The tokenizer of a written pruned vocabulary (``pad_id`` in the new ids)."""
+        return Tokenizer(path, context_length=context_length, num_merges=self.num_merges, pad_id=pad_id)
+
+    def new_id(self, original: int) -> int:
+        """The new id of an original id (the pad id 0 or EOT stay in every pruned vocabulary)."""
+        new = int(self.id_map()[int(original)])
+        if new < 0:
+            raise ValueError(f"token id {original} is not in the pruned vocabulary")
+        return new
 
 
 def applied_merges(prompts: Iterable[str], tokenizer: Tokenizer) -> set[int]:

@@ -30,6 +30,40 @@ def import_sam3():
     return SimpleTokenizer, VETextEncoder
 
 
+def randomize_(model, seed: int = 0):
+    """Every float tensor of ``model`` random at a sane scale, from one seeded generator in state-dict
+    order: BatchNorm variances positive, layer scales O(1), matrices (not embeddings) ~ 1/sqrt(fan-in)."""
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            value = torch.randn(tensor.shape, generator=gen)
+            if name.endswith("running_var"):
+                value = value.abs() + 0.5
+            elif name.endswith("layer_scale"):
+                value = value * 0.5
+            elif tensor.dim() >= 2 and "embed" not in name:
+                value = value / math.sqrt(tensor.shape[1] * (tensor.shape[-1] if tensor.dim() == 4 else 1))
+            tensor.copy_(value)
+    return model
+
+
+def import_transformers():
+    """transformers (the pinned 5.23.0 oracle), or skip (fail under CI) when it is not installed."""
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"transformers==5.23.0 must be installed in CI for the transformers parity tests: {exc}")
+        pytest.skip(f"transformers is not installed (pip install -e .[transformers]): {exc}")
+    return transformers
+
+
 @pytest.fixture(scope="session")
 def meta_tokenizer():
     from edgeseg.tokenizer import default_vocab_path

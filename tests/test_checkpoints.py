@@ -53,9 +53,17 @@ def test_interpolated_table_matches_spec_rows():
     assert torch.equal(reduce_position_table(table[:, :, :16], 16, "interpolate"), table[:, :, :16])
 
 
-def test_table_shorter_than_context_is_refused():
+def test_table_shorter_than_context_is_refused_by_slice_and_stretched_by_interpolate():
     with pytest.raises(EdgesegError, match="fewer than context length"):
         reduce_position_table(torch.zeros(1, 1, 8, 4), 16, "slice")
+    table = torch.randn(1, 1, 8, 4, dtype=torch.float64)
+    got = reduce_position_table(table, 16, "interpolate")[0, 0]
+    # half-pixel centres, align_corners=False: output row i samples src (i + 0.5) * 8 / 16 - 0.5, clamped at 0
+    for i in range(16):
+        src = max(0.0, (i + 0.5) * 0.5 - 0.5)
+        i0, lam = int(src), src - int(src)
+        expected = (1 - lam) * table[0, 0, i0] + lam * table[0, 0, min(i0 + 1, 7)]
+        assert torch.allclose(got[i], expected, atol=1e-12), i
 
 
 @pytest.mark.parametrize("mode", ["interpolate", "slice"])
@@ -63,7 +71,7 @@ def test_litetext_merged_file_loads_with_either_table_mode(s0_77, tmp_path, mode
     path = tmp_path / "sam3_litetext_mobileclip_s0_ctx16.pt"
     torch.save(_merged(s0_77), path)
     ckpt = read_checkpoint(path)
-    assert ckpt.layout == "litetext-merged" and ckpt.looks_like == "mobileclip-s0"
+    assert (ckpt.layout, ckpt.container, ckpt.looks_like) == ("efficientsam3", "litetext-merged", "mobileclip-s0")
     model = load_encoder("mobileclip-s0", path, position_table=mode)
     assert model.context_length == 16 and model.position_table == mode
     loaded = model.state_dict()
@@ -89,7 +97,8 @@ def test_bare_text_state_dicts(s0_77, tmp_path, prefix, suffix):
         save_file(state, str(path))
     else:
         torch.save(state, path)
-    assert read_checkpoint(path).layout == "text-state-dict"
+    ckpt = read_checkpoint(path)
+    assert (ckpt.layout, ckpt.container) == ("efficientsam3", "text-state-dict")
     model = load_encoder("mobileclip-s0", path, position_table="slice")
     assert torch.equal(model.state_dict()[STUDENT_TABLE_KEY], s0_77[STUDENT_TABLE_KEY][:, :, :16])
 

@@ -237,7 +237,8 @@ def test_info_with_checkpoint(cli, files):
     assert data["name"] == "mobileclip-s0"
     assert data["params"] == PARAMS["mobileclip-s0"]
     assert data["context_length"] == 16
-    assert data["checkpoint_layout"] == "litetext-merged"
+    assert (data["layout"], data["container"]) == ("efficientsam3", "litetext-merged")
+    assert (data["semantics"], data["pad_id"]) == ("efficientsam3", 0)
     assert data["weights"] == str(path)
 
 

@@ -385,7 +385,7 @@ def test_splice_writes_litetext_layout_that_loads_back_exactly(tmp_path, capsys)
                  str(tmp_path / "student.safetensors"), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     ckpt = read_checkpoint(out)
-    assert ckpt.layout == "litetext-merged" and ckpt.looks_like == "mobileclip-s0"
+    assert (ckpt.layout, ckpt.container, ckpt.looks_like) == ("efficientsam3", "litetext-merged", "mobileclip-s0")
     raw = torch.load(out, weights_only=True)
     assert raw["epoch"] == 7 and raw["meta"]["position_table"] == "slice"
     for key, value in vision.items():

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import randomize_
 
 from edgeseg.encoders import build_encoder, get_config
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder
@@ -131,21 +132,7 @@ def reference_forward(s: dict[str, torch.Tensor], blocks: list[str], heads: int,
 
 def tiny_student(blocks: list[str], context_length: int = 16, seed: int = 0) -> MobileCLIPTextEncoder:
     cfg = {**get_config("mobileclip-s0"), "dim": 128, "heads": 2, "ffn_dim": 256, "blocks": blocks}
-    model = MobileCLIPTextEncoder("tiny", cfg, context_length).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict(keep_vars=True).items():
-            if not t.is_floating_point():
-                continue
-            value = torch.randn(t.shape, generator=gen)
-            if name.endswith("running_var"):
-                value = value.abs() + 0.5
-            elif name.endswith("layer_scale"):
-                value = value * 0.5
-            elif t.dim() >= 2 and "embed" not in name:
-                value = value / math.sqrt(t.shape[1] * (t.shape[-1] if t.dim() == 4 else 1))
-            t.copy_(value)
-    return model
+    return randomize_(MobileCLIPTextEncoder("tiny", cfg, context_length).eval(), seed)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_full_size_official_checkpoint_matches_meta(meta_tokenizer, tmp_path):
     path = tmp_path / "sam3.pt"
     torch.save({"model": state}, path)
     del state
-    assert read_checkpoint(path).layout == "sam3-official"
+    assert (read_checkpoint(path).layout, read_checkpoint(path).container) == ("sam3", "sam3.pt")
 
     ours = load_encoder("sam3", path)
     prompts = calibration_prompts()[7::2500] + HARD_PROMPTS

@@ -256,6 +256,44 @@ def test_ort_backend_matches_python_runtime_int8(tmp_path_factory):
     print(f"\ntiny INT8 bundle (random/synthetic weights): C++ vs Python max abs diff {diff:.2e}")
 
 
+def transformers_bundles(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny S0-like student with transformers padding semantics (pad 49407, masked attention): its FP32
+    bundle and a pruned-vocabulary INT8 one (the EOT the graph compares with and the pad id renumbered)."""
+    from test_encoders_mobileclip import S0_BLOCKS, tiny_student
+
+    from edgeseg.encoders.base import Padding
+    from edgeseg.export import export_bundle
+    from edgeseg.quantize import Gate, quantize_bundle
+
+    root = tmp_path_factory.mktemp("cpp-transformers")
+    student = tiny_student(S0_BLOCKS, seed=2)
+    student.padding = Padding.of("transformers")
+    export_bundle(student, root / "fp32", PROMPTS, {"checkpoint": None, "checkpoint_sha256": "random"})
+    everything = calibration_prompts()
+    quantize_bundle(root / "fp32", root / "pruned", everything[::800][:48], everything[5::900][:48],
+                    gate=Gate(0.0, 0.0), prune_prompts=everything[::40], prune_name="test")
+    return root / "fp32", root / "pruned"
+
+
+def test_ort_backend_matches_python_runtime_transformers_semantics(tmp_path_factory):
+    """The C++ tokenizer pads with the manifest's pad id (49407, or the pruned vocabulary's EOT) and the
+    graph's in-graph mask ("after the first EOT") comes back as the Python runtime's."""
+    require_build()
+    for bundle in transformers_bundles(tmp_path_factory):
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["semantics"] == "transformers"
+        assert manifest["tokenizer"]["pad_id"] == manifest["tokenizer"]["eot_id"]
+        diff = assert_same_outputs(bundle, PROMPTS + calibration_prompts()[:32])
+        runtime = CppRuntime(bundle)
+        try:
+            ids, mask, _ = runtime.encode(["a dog", "wow!$ sign"])
+        finally:
+            runtime.close()
+        assert (ids[mask] == manifest["tokenizer"]["pad_id"]).all() and (ids == 0).any() and not mask[ids == 0].any()
+        print(f"\ntransformers-semantics {manifest['precision']} bundle (random/synthetic weights): C++ vs Python "
+              f"max abs diff {diff:.2e}")
+
+
 def test_ort_backend_matches_python_runtime_s0(tmp_path_factory):
     rc, stderr, bundle = cli_exported_s0(tmp_path_factory)
     assert rc == 0, stderr

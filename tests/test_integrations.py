@@ -7,29 +7,18 @@ features through the adapters must reproduce them bit for bit. Tiny random model
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import import_sam3
+from conftest import import_sam3, import_transformers
 from test_export import tiny_exported_bundle
 
 from edgeseg.errors import EdgesegError
 from edgeseg.integrations import FeatureCache, as_text_source
 
 PROMPTS = ["a woman", "a red car"]
-
-
-def import_transformers():
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"transformers==5.23.0 must be installed in CI for the transformers parity tests: {exc}")
-        pytest.skip(f"transformers is not installed: {exc}")
-    return transformers
 
 
 def photo(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:

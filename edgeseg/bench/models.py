@@ -36,7 +36,7 @@ TORCH_INT8, TORCH_INT8_DYNAMIC = "sam3-int8-torch", "sam3-int8-torch-dyn"
 
 
 def own_length(ids: np.ndarray) -> int:
-    """The longest prompt's length in a batch of ids padded with 0."""
+    """The longest prompt's length in a batch of ids (SOT..first EOT, any pad id)."""
     from edgeseg.export import own_length as _own_length
 
     return _own_length(ids)
@@ -96,12 +96,15 @@ def torch_model(key: str, model: Any, label: str, facts: dict[str, Any], device:
         return call
 
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    padding = getattr(model, "padding", None)  # the padding semantics it runs with (pad id for its tokenizer)
     facts = {"kind": "torch", "label": label, "context_length": int(model.context_length),
              "backend": "torch", "execution_provider": f"torch {torch.device(device).type}",
              "sequence": "own length" if dynamic else f"fixed {model.context_length}",
-             "shares_weights_with": shares_weights_with, **facts}
+             "shares_weights_with": shares_weights_with,
+             "semantics": padding.semantics if padding else "efficientsam3", **facts}
     on_cpu = torch.device(device).type == "cpu"  # the GEMM floor is measured for CPU kernels only
-    return Model(key, facts, int(model.context_length), get_tokenizer(), infer, prepare, dynamic, sync,
+    tokenizer = get_tokenizer(pad_id=padding.pad_id if padding else 0)
+    return Model(key, facts, int(model.context_length), tokenizer, infer, prepare, dynamic, sync,
                  torch_model=model, kernel=kernel if on_cpu else None, shares_weights_with=shares_weights_with)
 
 
@@ -124,6 +127,7 @@ def bundle_model(key: str, path: Any, threads: int) -> Model:
         "model_sha256": manifest["files"][manifest["model"]]["sha256"],
         "source_model_sha256": (manifest.get("source_bundle") or {}).get("model_sha256"),
         "sequence": "own length" if dynamic else f"fixed {manifest['context_length']}",
+        "semantics": manifest.get("semantics", "efficientsam3"),
     }
     return Model(key, facts, runner.context_length, runner.tokenizer, runner.infer,
                  lambda ids: (lambda: runner.infer(ids)), dynamic, runner=runner, kernel=bundle_backend(manifest))

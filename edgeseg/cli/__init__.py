@@ -18,7 +18,7 @@ import sys
 import click
 
 from edgeseg.bundlecheck import printable
-from edgeseg.cli import analyze, bank, bench, build, distill, encoders, segment  # noqa: F401  (register the commands)
+from edgeseg.cli import analyze, bank, bench, build, convert, distill, encoders, segment  # noqa: F401  (commands)
 from edgeseg.cli.common import cli
 from edgeseg.errors import EdgesegError, MissingExtra, extra_of
 

@@ -20,6 +20,7 @@ from edgeseg.cli.common import (
     _note,
     _source,
     cli,
+    semantics_option,
 )
 from edgeseg.errors import EdgesegError, require_extra
 
@@ -38,8 +39,10 @@ from edgeseg.errors import EdgesegError, require_extra
 @click.option("--dynamic-length", is_flag=True,
               help="Dynamic sequence axis (causal SAM3 teacher only): ids of 1..L tokens, exact on valid positions.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Bundle directory to write.")
+@semantics_option
 def export(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None, opset: int,
-           reference_prompts: Path | None, seed: int, dynamic_length: bool, out: Path) -> None:
+           reference_prompts: Path | None, seed: int, dynamic_length: bool, out: Path,
+           semantics: str | None) -> None:
     """Export an encoder to an FP32 ONNX bundle, verified against torch with ONNX Runtime.
 
     The graph takes input_ids int64 [batch, L] (dynamic batch, fixed L) and returns memory float32
@@ -59,11 +62,12 @@ def export(encoder: str, checkpoint: Path | None, context_length: int | None, po
         from edgeseg.export import check_dynamic_length
 
         check_dynamic_length(encoder, get_config(encoder))
-    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed)
-    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed), opset=opset,
+    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics)
+    manifest = export_bundle(model, out, prompts, _source(checkpoint, seed, model), opset=opset,
                              dynamic_length=dynamic_length)
-    _note(f"exported {encoder} (context {manifest['context_length']}, FP32) -> {out}; ONNX Runtime vs torch "
-          f"max abs diff {manifest['export']['max_abs_diff']:.2e}")
+    _note(f"exported {encoder} (context {manifest['context_length']}, FP32, {manifest['semantics']} padding: pad id "
+          f"{manifest['tokenizer']['pad_id']}) -> {out}; ONNX Runtime vs torch max abs diff "
+          f"{manifest['export']['max_abs_diff']:.2e}")
 
 
 @cli.command()
@@ -200,13 +204,14 @@ def quantize(bundle: Path, out: Path, calibration_file: Path | None, calibration
               help="Memory dtype of --bank-prompts' bank.")
 @click.option("--threads", type=THREADS_RANGE, default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
+@semantics_option
 def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Path | None, context_length: int | None,
           position_table: str | None, precision: str | None, max_batch: int, out: Path, reference_prompts: Path | None,
           calibration_file: Path | None, calibration_limit: int | None, eval_prompts: Path | None, eval_limit: int,
           method: str, min_mean_cosine: float, min_worst_cosine: float, opset: int, hardware_compatible: bool,
           version_compatible: bool, workspace_mib: int | None, timing_cache: Path | None, float_embedding: bool,
           tensorrt_version: str | None, w8a8: bool, bank_prompts: Path | None, bank_dtype: str, threads: int | None,
-          seed: int) -> None:
+          seed: int, semantics: str | None) -> None:
     """Build a deployable bundle for a target, from an encoder (export -> quantize/fp16 -> target) or a bundle.
 
     Prerequisites are checked first: --target gpu needs TensorRT 10+ and an NVIDIA GPU here; --target
@@ -216,8 +221,9 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     """
     if (encoder is None) == (bundle is None):
         raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
-    if bundle is not None and (checkpoint is not None or context_length is not None):
-        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    if bundle is not None and (checkpoint is not None or context_length is not None or semantics is not None):
+        raise EdgesegError("--checkpoint, --context-length and --semantics do not apply to --bundle (the bundle "
+                           "fixes them)")
     require_extra("edgeseg build", "build", "onnx", *(["torch"] if encoder else []))
     from edgeseg.bundle import check_bundle_target, verify_bundle
     from edgeseg.corpus import calibration_set, gate_set
@@ -236,9 +242,9 @@ def build(target: str, encoder: str | None, bundle: Path | None, checkpoint: Pat
     prompts = Prompts(reference_set(reference_prompts), calibration, calibration_name,
                       gate_set(eval_prompts, eval_limit), float_embedding,
                       read_prompts(bank_prompts) if bank_prompts else None, bank_dtype)
-    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed) if encoder else None
+    model = _load(encoder, checkpoint, context_length, position_table, "cpu", seed, semantics) if encoder else None
     result = run_build(target, out, model=model, bundle=bundle, precision=precision, prompts=prompts,
-                       source=_source(checkpoint, seed) if encoder else None, max_batch=max_batch, opset=opset,
+                       source=_source(checkpoint, seed, model) if encoder else None, max_batch=max_batch, opset=opset,
                        method=method, gate=Gate(min_mean_cosine, min_worst_cosine),
                        engine=EngineOptions(hardware_compatible, version_compatible, workspace_mib, None,
                                             str(timing_cache) if timing_cache else None, tensorrt_version),

@@ -27,8 +27,15 @@ log = logging.getLogger("edgeseg")
 ENCODER_HELP = "Encoder name: sam3 (the SAM3 teacher), mobileclip-s0, mobileclip-s1, mobileclip2-l."
 CONTEXT_HELP = "Context length in tokens (default: the encoder's, 32 for sam3, 16 for students)."
 CHECKPOINT_HELP = (
-    "Weights: Meta's sam3.pt, an efficientsam3 SAM3-LiteText .pt, a bare text-encoder state dict, or "
-    "an edgeseg .safetensors. Without it the weights are random (seeded)."
+    "Weights: Meta's sam3.pt, an efficientsam3 SAM3-LiteText .pt, a bare text-encoder state dict, an edgeseg "
+    ".safetensors, or a transformers checkpoint (a folder with config.json + model.safetensors or a sharded "
+    "index, or that .safetensors with config.json beside it). Without it the weights are random (seeded)."
+)
+SEMANTICS_HELP = (
+    "Padding semantics to run the encoder with: 'transformers' (pad 49407 or the tokenizer files' pad id, "
+    "students' attention masked to SOT..EOT) or 'efficientsam3' (pad 0, mask ids == 0, students attend to "
+    "padding). Default: the checkpoint's own (transformers for transformers checkpoints, what an edgeseg file "
+    "records, else efficientsam3)."
 )
 POSITION_HELP = (
     "How a student checkpoint's 77-row position table is reduced to the context length: 'interpolate' "
@@ -73,11 +80,18 @@ def _echo_record(data: dict, as_json: bool) -> None:
         click.echo(f"{key.ljust(width)}  {value}")
 
 
+def semantics_option(command):
+    """The ``--semantics`` option of every command that builds an encoder."""
+    return click.option("--semantics", type=click.Choice(["efficientsam3", "transformers"]), default=None,
+                        help=SEMANTICS_HELP)(command)
+
+
 def _load(encoder: str, checkpoint: Path | None, context_length: int | None, position_table: str | None,
-          device: str, seed: int):
+          device: str, seed: int, semantics: str | None = None):
     from edgeseg.checkpoints import load_encoder
 
-    model = load_encoder(encoder, checkpoint, context_length, position_table, device=device, seed=seed)
+    model = load_encoder(encoder, checkpoint, context_length, position_table, device=device, seed=seed,
+                         semantics=semantics)
     if checkpoint is None:
         _note(f"no --checkpoint given: {encoder} has RANDOM weights (seed {seed}); outputs are not meaningful")
     return model
@@ -169,12 +183,14 @@ def cli(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-def _source(checkpoint: Path | None, seed: int) -> dict:
-    from edgeseg.fileio import sha256_file
+def _source(checkpoint: Path | None, seed: int, model=None) -> dict:
+    from edgeseg.checkpoints import fingerprint
 
     if checkpoint is None:
         return {"checkpoint": None, "checkpoint_sha256": "random", "seed": seed}
-    return {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint), "seed": None}
+    layout = getattr(model, "checkpoint_layout", None) if model is not None else None
+    return {"checkpoint": checkpoint.name, "checkpoint_sha256": fingerprint(checkpoint), "seed": None,
+            **({"layout": layout} if layout else {})}
 
 
 

@@ -59,6 +59,9 @@ from edgeseg.errors import require_extra
               help="Start the student from this checkpoint (LiteText .pt, state dict or edgeseg .safetensors).")
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default="interpolate",
               show_default=True, help="How --init's 77-row table is reduced. " + POSITION_HELP)
+@click.option("--semantics", type=click.Choice(["efficientsam3", "transformers"]), default=None,
+              help="Padding semantics the student trains with (default: --init's own, else efficientsam3); "
+                   "'transformers' for a student that `distill splice --to transformers` puts into transformers.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True,
               help="Write RUNDIR/checkpoint.pt every N steps (atomic; the run resumes from it).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=200, show_default=True,
@@ -116,19 +119,33 @@ def distill(ctx: click.Context, **opts) -> None:
 
 
 @distill.command("splice")
-@click.option("--sam3", "sam3_path", required=True, type=click.Path(path_type=Path), help="Meta's sam3.pt.")
+@click.option("--sam3", "sam3_path", required=True, type=click.Path(path_type=Path),
+              help="Meta's sam3.pt, or with --to transformers a transformers SAM3 folder (facebook/sam3).")
 @click.option("--student", "student_path", required=True, type=click.Path(path_type=Path),
               help="RUNDIR/student.safetensors of a distill run.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The SAM3-LiteText checkpoint to write.")
-def distill_splice(sam3_path: Path, student_path: Path, out: Path) -> None:
+@click.option("--to", "to", type=click.Choice(["efficientsam3", "transformers"]), default="efficientsam3",
+              show_default=True, help="efficientsam3: a sam3_litetext .pt; transformers: a Sam3LiteTextModel folder.")
+def distill_splice(sam3_path: Path, student_path: Path, out: Path, to: str) -> None:
     """Write a full SAM3 checkpoint with the student as its text encoder (LiteText layout).
 
-    The student's 16 position rows are rows 0..15 of the 77-row table: load the result with
-    `--position-table slice` (efficientsam3's inference code slices too).
+    efficientsam3: the student's 16 position rows are rows 0..15 of the 77-row table: load the result
+    with `--position-table slice` (efficientsam3's inference code slices too). transformers: a
+    Sam3LiteTextModel folder (config.json + model.safetensors, tokenizer files copied) that
+    transformers loads with every key; it runs with transformers' padding (pad 49407, masked attention).
     """
     require_extra("edgeseg distill splice", "build", "torch", "safetensors")
-    from edgeseg.distill import splice_student
+    from edgeseg.distill import splice_student, splice_transformers
 
+    if to == "transformers":
+        info = splice_transformers(sam3_path, student_path, out)
+        click.echo(json.dumps(info, indent=2))
+        note = f"wrote {out}: Sam3LiteTextModel.from_pretrained({str(out)!r})"
+        if info["student_semantics"] != "transformers":
+            note += (f"; the student was trained with {info['student_semantics']} padding, transformers runs it with "
+                     "its own (pad 49407, attention masked): outputs differ from the student's")
+        _note(note)
+        return
     info = splice_student(sam3_path, student_path, out)
     click.echo(json.dumps(info, indent=2))
     _note(f"wrote {out}: load it with --position-table slice")

@@ -25,6 +25,7 @@ from edgeseg.cli.common import (
     _write_npz,
     cli,
     parse_checkpoints,
+    semantics_option,
 )
 from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError, require_extra
@@ -38,27 +39,36 @@ from edgeseg.errors import EdgesegError, require_extra
 @click.option("--position-table", type=click.Choice(["interpolate", "slice"]), default=None,
               help=POSITION_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@semantics_option
 def info(encoder: str, context_length: int | None, checkpoint: Path | None, position_table: str | None,
-         as_json: bool) -> None:
+         as_json: bool, semantics: str | None) -> None:
     """Describe an encoder: parameters, FP32 size, context length, output width.
 
     Counted on the 'meta' device (no memory is allocated) unless --checkpoint is given. 'params'
     counts every parameter a checkpoint holds, including dead weights kept for exact loading
     (sam3's text_projection, the students' projection_layer); 'params_used' leaves them out.
     Students hold a position table of context-length rows; 'params_with_checkpoint_table' counts
-    the 77-row table of the released files (the paper's figures).
+    the 77-row table of the released files (the paper's figures). With --checkpoint, 'layout' is
+    the checkpoint's layout (sam3, efficientsam3, transformers, edgeseg) and 'padding' the
+    semantics it runs with (pad id, mask rule, students' attention).
     """
     require_extra("edgeseg info --encoder", "build", "torch")
-    from edgeseg.checkpoints import load_encoder, read_checkpoint
+    from edgeseg.checkpoints import load_encoder
     from edgeseg.encoders import build_encoder
+    from edgeseg.encoders.base import Padding
 
     if checkpoint is None:
-        data = build_encoder(encoder, context_length, device="meta").describe()
+        model = build_encoder(encoder, context_length, device="meta")
+        model.padding = Padding.of(semantics or "efficientsam3")
+        data = model.describe()
         data["weights"] = "random"
     else:
-        data = load_encoder(encoder, checkpoint, context_length, position_table).describe()
-        data["weights"] = str(checkpoint)
-        data["checkpoint_layout"] = read_checkpoint(checkpoint).layout
+        model = load_encoder(encoder, checkpoint, context_length, position_table, semantics=semantics)
+        data = model.describe()
+        data.update({"weights": str(checkpoint), "layout": model.checkpoint_layout,
+                     "container": model.checkpoint_container})
+    data["semantics"] = data["padding"]["semantics"]
+    data["pad_id"] = data["padding"]["pad_id"]
     _echo_record(data, as_json)
 
 
@@ -68,17 +78,19 @@ def info(encoder: str, context_length: int | None, checkpoint: Path | None, posi
               help="Tokens per prompt including SOT and EOT (32 for the sam3 teacher).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .npz with 'input_ids' int64 [B, L].")
-def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
-    """Tokenize prompts exactly as SAM3 does (CLIP BPE; SOT 49406, EOT 49407, pad 0).
+@click.option("--semantics", type=click.Choice(["efficientsam3", "transformers"]), default="efficientsam3",
+              show_default=True, help="Pad with 0 (efficientsam3, SAM3) or 49407 (transformers' CLIP tokenizer).")
+def tokenize(prompts_file: Path, context_length: int, out: Path, semantics: str) -> None:
+    """Tokenize prompts exactly as SAM3 does (CLIP BPE; SOT 49406, EOT 49407, pad 0 or 49407).
 
     Prompts longer than the context are truncated with EOT kept last; the count is reported.
     """
     from edgeseg.fileio import check_output_target, read_prompts
-    from edgeseg.tokenizer import get_tokenizer
+    from edgeseg.tokenizer import PAD_ID, TRANSFORMERS_PAD_ID, get_tokenizer
 
     prompts = read_prompts(prompts_file)
     check_output_target(out)
-    batch = get_tokenizer()(prompts, context_length)
+    batch = get_tokenizer()(prompts, context_length, TRANSFORMERS_PAD_ID if semantics == "transformers" else PAD_ID)
     _write_npz(out, input_ids=batch.ids)
     _note(f"tokenized {len(prompts)} prompt(s) to [{len(prompts)}, {context_length}] "
           f"({batch.truncated} truncated) -> {out}")
@@ -105,9 +117,10 @@ def tokenize(prompts_file: Path, context_length: int, out: Path) -> None:
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
 @click.option("--threads", type=THREADS_RANGE, default=None, help="Intra-op threads (bundles).")
 @click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="Seed of the random weights.")
+@semantics_option
 def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, checkpoint: Path | None,
            context_length: int | None, position_table: str | None, prompts_file: Path, out: Path,
-           batch_size: int | None, device: str, threads: int | None, seed: int) -> None:
+           batch_size: int | None, device: str, threads: int | None, seed: int, semantics: str | None) -> None:
     """Encode prompts into SAM3 text memory with a torch encoder or a bundle."""
     from tqdm import tqdm
 
@@ -115,8 +128,9 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
 
     if (encoder is None) == (bundle is None):
         raise EdgesegError("give exactly one of --encoder NAME or --bundle DIR")
-    if bundle is not None and (checkpoint is not None or context_length is not None):
-        raise EdgesegError("--checkpoint and --context-length do not apply to --bundle (the bundle fixes both)")
+    if bundle is not None and (checkpoint is not None or context_length is not None or semantics is not None):
+        raise EdgesegError("--checkpoint, --context-length and --semantics do not apply to --bundle (the bundle "
+                           "fixes them)")
     if bank_file is not None and bundle is None:
         raise EdgesegError("--bank applies to --bundle (a bank belongs to the bundle it was built from)")
     if encoder is not None:
@@ -131,17 +145,20 @@ def encode(encoder: str | None, bundle: Path | None, bank_file: Path | None, che
                 tqdm(total=len(prompts), unit="prompt", desc=bundle.name, disable=None, file=sys.stderr) as bar:
             result = runner.encode(prompts, batch_size=batch_size or DEFAULT_BATCH, progress=bar.update)
         name, length = f"bundle {bundle}", runner.context_length
+        padding = (f"{runner.manifest.get('semantics', 'efficientsam3')}, pad id "
+                   f"{runner.manifest['tokenizer'].get('pad_id', 0)}")
     else:
         from edgeseg.encode import encode_prompts
 
         check_device(device)
-        model = _load(encoder, checkpoint, context_length, position_table, device, seed)
+        model = _load(encoder, checkpoint, context_length, position_table, device, seed, semantics)
         with tqdm(total=len(prompts), unit="prompt", desc=encoder, disable=None, file=sys.stderr) as bar:
             result = encode_prompts(model, prompts, batch_size=batch_size or 64, progress=bar.update)
         name, length = encoder, model.context_length
+        padding = f"{model.padding.semantics}, pad id {model.pad_id}"
     _write_npz(out, input_ids=result.input_ids, mask=result.mask, memory=result.memory)
-    _note(f"encoded {len(prompts)} prompt(s) with {name} at context {length} "
-          f"({result.truncated} truncated) -> {out}")
+    _note(f"encoded {len(prompts)} prompt(s) with {name} at context {length} ({padding} padding; "
+          f"{result.truncated} truncated) -> {out}")
 
 
 

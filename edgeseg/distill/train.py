@@ -69,6 +69,7 @@ class DistillConfig:
     teacher_seed: int = 0
     init: str | None = None
     position_table: str = "interpolate"
+    semantics: str | None = None  # the student's padding semantics; None: --init's own, else efficientsam3
     context_length: int = 16
     prompts: list[str] = field(default_factory=list)  # empty: the shipped distill split
     eval_prompts: str | None = None  # None: the shipped eval split
@@ -332,7 +333,7 @@ def evaluate(model: nn.Module, ids: np.ndarray, targets: np.ndarray, groups: dic
     for start in range(0, len(ids), batch_size):
         chunk = torch.from_numpy(np.asarray(ids[start : start + batch_size], dtype=np.int64)).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            memory, mask = model(chunk)
+            memory, mask = model(model.padding.repad(chunk))  # the student's pad id (transformers: 49407)
         s = memory.double()
         t = torch.from_numpy(np.asarray(targets[start : start + batch_size])).to(device).double()
         valid = (~mask).double()
@@ -624,6 +625,10 @@ def _make_student(cfg: DistillConfig, resume: dict[str, Any] | None, device: str
     seed_everything(cfg.seed)
     student = build_model(cfg.student, cfg.student_config, cfg.context_length, cfg.init, cfg.seed,
                           cfg.position_table, device=device)
+    if cfg.semantics is not None:
+        from edgeseg.encoders.base import Padding
+
+        student.padding = Padding.of(cfg.semantics)  # trained on its pad id (transformers: 49407, masked attention)
     student.eval()  # see the module docs: BatchNorm statistics stay fixed, dropout is 0
     params = dict(student.named_parameters())
     for name in getattr(student, "unused_parameters", ()):
@@ -736,7 +741,7 @@ def _train_step(cfg: DistillConfig, model: nn.Module, student: nn.Module, opt: A
     ids = torch.from_numpy(np.asarray(train_cache.ids[local], dtype=np.int64)).to(device)
     target = torch.from_numpy(train_cache.targets(local)).to(device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        memory, mask = model(ids)
+        memory, mask = model(student.padding.repad(ids))  # the corpus is padded with 0
     loss_sum, mse_sum, cos_sum = token_loss_sums(memory, target, ~mask, cfg.mse_weight, cfg.cos_weight)
     loss = loss_sum / global_valid * dist.world
     opt.zero_grad(set_to_none=True)

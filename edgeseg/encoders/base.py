@@ -4,9 +4,20 @@ Contract (all encoders, all backends)::
 
     input_ids int64 [B, L]  ->  (memory float32 [B, L, 256], mask bool [B, L], True = padding)
 
-``mask`` is ``input_ids == 0`` exactly as SAM3 computes it: the real token id 0 (``!`` before
-certain punctuation, e.g. ``!$``) is therefore treated as padding too. This is a quirk of the
-reference that parity requires us to keep. Tokenization never happens inside an encoder.
+How padding is read depends on the **padding semantics** the model runs with (:class:`Padding`),
+which follow the implementation a checkpoint comes from:
+
+* ``efficientsam3`` (Meta's SAM3, efficientsam3; the default): ids padded with 0 and ``mask`` is
+  ``input_ids == 0`` exactly as SAM3 computes it, so the real token id 0 (``!`` before certain
+  punctuation, e.g. ``!$``) counts as padding too; the students attend to every position;
+* ``transformers`` (Hugging Face ``Sam3Model`` / ``Sam3LiteTextModel``): ids padded with the
+  tokenizer's pad id (49407, the EOT id, for CLIP's tokenizer files) and ``mask`` is "after the
+  first EOT" (transformers' ``attention_mask == 0``); the students' attention ignores those keys,
+  their RepMixer convolutions still run over every position.
+
+The mask is always computed from the ids inside the forward (so exported graphs take ids only).
+The teacher is causal, so both give the same outputs at valid positions. Tokenization never
+happens inside an encoder.
 
 Forward passes contain no data-dependent Python control flow, so they trace and export to ONNX
 with a dynamic batch and a fixed context length.
@@ -14,13 +25,61 @@ with a dynamic batch and a fixed context length.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD_ID = 0
+from edgeseg.errors import EdgesegError
+from edgeseg.tokenizer import EOT_ID, MASK_RULES, PAD_ID, SEMANTICS, TRANSFORMERS_PAD_ID
+
+DEFAULT_SEMANTICS = "efficientsam3"
+__all__ = ["DEFAULT_SEMANTICS", "MASK_RULES", "SEMANTICS", "Padding", "TextEncoder"]
+
+
+@dataclass(frozen=True)
+class Padding:
+    """How a model pads and masks: the semantics of the implementation its checkpoint comes from."""
+
+    semantics: str = DEFAULT_SEMANTICS
+    pad_id: int = PAD_ID
+    eot_id: int = EOT_ID
+
+    @classmethod
+    def of(cls, semantics: str, pad_id: int | None = None) -> Padding:
+        """The padding of ``semantics``; ``pad_id`` None = its default (0, or 49407 for transformers)."""
+        if semantics not in SEMANTICS:
+            raise EdgesegError(f"unknown padding semantics {semantics!r}; choose one of {', '.join(SEMANTICS)}")
+        default = TRANSFORMERS_PAD_ID if semantics == "transformers" else PAD_ID
+        if semantics == "efficientsam3" and pad_id not in (None, PAD_ID):
+            raise EdgesegError(f"efficientsam3 semantics pad with id 0 (mask = ids == 0), not {pad_id}")
+        return cls(semantics, default if pad_id is None else int(pad_id))
+
+    @property
+    def masks_attention(self) -> bool:
+        """Whether the students' attention ignores padding keys (transformers) or sees them (efficientsam3)."""
+        return self.semantics == "transformers"
+
+    def mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """bool ``[B, L]``, True = padding, computed from the ids with ops every target supports."""
+        if self.semantics == "efficientsam3":
+            return input_ids == PAD_ID
+        # after the first EOT: an exclusive running count of EOTs is positive. Equal, Cast, CumSum, Sub and
+        # Greater on float32 (TensorRT's CumSum takes float types only; counts <= L are exact in fp16 too)
+        is_eot = (input_ids == self.eot_id).to(torch.float32)
+        return (torch.cumsum(is_eot, dim=1) - is_eot) > 0.5
+
+    def repad(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Ids packed with any pad id (SAM3's 0, say) re-padded with this one after the first EOT."""
+        if self.pad_id == PAD_ID:
+            return input_ids
+        return input_ids.masked_fill(Padding("transformers", self.pad_id, self.eot_id).mask(input_ids), self.pad_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"semantics": self.semantics, "pad_id": self.pad_id, "mask": MASK_RULES[self.semantics],
+                "student_attention": "padding keys masked" if self.masks_attention else "every position"}
 
 
 class TextEncoder(nn.Module):
@@ -38,12 +97,19 @@ class TextEncoder(nn.Module):
         #: when True, forward assumes ids of exactly ``context_length`` tokens and slices with that
         #: constant, so a traced graph has static shapes (export sets it on its inference copy)
         self.static_length = False
+        #: padding semantics (pad id, mask rule, attention masking); see the module docs
+        self.padding = Padding()
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
+    @property
+    def pad_id(self) -> int:
+        """The id prompts must be padded with for this model (tokenize with it)."""
+        return self.padding.pad_id
+
     def padding_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return input_ids == PAD_ID
+        return self.padding.mask(input_ids)
 
     def num_parameters(self, include_unused: bool = True) -> int:
         total = sum(p.numel() for p in self.parameters())
@@ -72,6 +138,7 @@ class TextEncoder(nn.Module):
             "output_dim": self.output_dim,
             "vocab_size": int(self.config["vocab_size"]),
             "bytes_fp32": fp32_bytes,
+            "padding": self.padding.describe(),
         }
 
 

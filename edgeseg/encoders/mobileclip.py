@@ -11,10 +11,15 @@ Forward (eval mode, ``shared/reference/encoders.md`` section 3.2): ``x = E[ids] 
 ``final_layer_norm`` (float32 LayerNorm); ``projector`` -> 256. Quirks kept on purpose, because
 the released checkpoints were trained with them:
 
-* attention is bidirectional and **unmasked**: padding tokens (id 0, whose embedding is that of
-  ``!``) are attended to, so outputs depend on the context length C and on the padding. Run each
-  checkpoint at exactly the C it was trained at;
-* the mask is ``ids == 0`` (a real token 0 counts as padding);
+* attention is bidirectional; under efficientsam3 semantics (the default) it is **unmasked**:
+  padding tokens (id 0, whose embedding is that of ``!``) are attended to, so outputs depend on the
+  context length C and on the padding. Run each checkpoint at exactly the C it was trained at.
+  Under transformers semantics (``model.padding``, set by :mod:`edgeseg.checkpoints` for
+  transformers checkpoints) padding keys are masked out of attention, as ``Sam3LiteTextModel`` does
+  with its ``attention_mask``, while the RepMixer convolutions still see every position (so for S0
+  the pad id changes valid outputs);
+* the mask is ``ids == 0`` (a real token 0 counts as padding), or "after the first EOT" under
+  transformers semantics (:class:`edgeseg.encoders.base.Padding`);
 * the RepMixer blocks are in the unfused training form of the checkpoints (BatchNorms with running
   statistics, no 1x1 "scale" branch). ``embed_scale`` of the reference is never applied, so it
   does not exist here;
@@ -34,6 +39,8 @@ from torch import nn
 
 from edgeseg.encoders.base import LayerNormFP32, TextEncoder, multi_head_attention
 
+KEY_MASK_BIAS = -1e4  # added to padding keys' attention logits under transformers semantics
+
 
 class _SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
@@ -42,13 +49,17 @@ class _SelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(dim, 3 * dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.out_proj.in_features, dim=-1)
-        return self.out_proj(multi_head_attention(q, k, v, self.heads))
+        return self.out_proj(multi_head_attention(q, k, v, self.heads, key_bias))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block; ``pre_norm_mha`` / ``pre_norm_ffn`` indices match the checkpoint keys."""
+    """Pre-norm block; ``pre_norm_mha`` / ``pre_norm_ffn`` indices match the checkpoint keys.
+
+    ``key_bias`` (``[B, 1, 1, L]``, 0 or -1e4) masks padding keys out of attention (transformers
+    semantics); None attends to every position (efficientsam3).
+    """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int):
         super().__init__()
@@ -58,8 +69,9 @@ class TransformerBlock(nn.Module):
             nn.Linear(ffn_dim, dim), nn.Dropout(0.0),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pre_norm_mha(x)
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        norm, attention = self.pre_norm_mha
+        x = x + attention(norm(x), key_bias)
         return x + self.pre_norm_ffn(x)
 
 
@@ -129,7 +141,8 @@ class RepMixerBlock(nn.Module):
         self.token_mixer = _TokenMixer(dim, kernel)
         self.convffn = _ConvFFN(dim, ffn_dim, kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        del key_bias  # convolutions run over every position under both semantics
         y = x.transpose(1, 2).unsqueeze(2)
         y = self.token_mixer(y)
         y = y + self.layer_scale * self.convffn(y)
@@ -168,12 +181,12 @@ class _MobileCLIPTextTransformer(nn.Module):
         self.final_layer_norm = LayerNormFP32(dim)
         self.projection_layer = nn.Parameter(torch.empty(dim, dim))
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
         tokens = self.embedding_layer(input_ids)
         # The model runs at exactly C tokens (checked by the caller): the whole table, a constant.
         x = tokens + self.positional_embedding.pos_embed.pos_embed[0, 0].to(tokens.dtype)
         for block in self.transformer:
-            x = block(x)
+            x = block(x, key_bias)
         return self.final_layer_norm(x)
 
 
@@ -195,7 +208,13 @@ class MobileCLIPTextEncoder(TextEncoder):
                 f"{self.name} runs at context length {self.context_length}, got ids of length "
                 f"{input_ids.shape[-1]}: students are not prefix-invariant, pad to exactly C"
             )
-        return self.projector(self.encoder(input_ids)), self.padding_mask(input_ids)
+        mask = self.padding_mask(input_ids)
+        key_bias = None
+        if self.padding.masks_attention:
+            # a padding key's logit - 1e4 gives it weight exp(-1e4) = 0 exactly (float32 and float16), as
+            # transformers' -inf does; a Cast and a Mul, which every target converts
+            key_bias = mask[:, None, None, :].to(self.projector.weight.dtype) * KEY_MASK_BIAS
+        return self.projector(self.encoder(input_ids, key_bias)), mask
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -256,7 +275,8 @@ class FusedRepMixerBlock(nn.Module):
             self.fc2.weight.copy_(ffn.fc2.weight.reshape(dim, hidden) * g_blk.reshape(dim, 1))
             self.fc2.bias.copy_(ffn.fc2.bias * g_blk)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        del key_bias  # convolutions run over every position
         y = self.mixer(x.transpose(1, 2).unsqueeze(2))
         z = self.ffn_conv(y).squeeze(2).transpose(1, 2)
         return y.squeeze(2).transpose(1, 2) + self.fc2(self.act(self.fc1(z)))

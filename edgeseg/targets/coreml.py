@@ -8,7 +8,8 @@ The package:
 * input ``input_ids`` **int32** ``[batch, L]`` (Core ML has no int64 inputs; ids < 49,408 fit),
   batch enumerated as 1..max_batch (enumerated shapes, not ranges, so the Neural Engine can take them);
 * outputs ``memory`` float32 ``[batch, L, 256]`` and ``mask`` **int32** ``[batch, L]``, 1 = padding
-  (``input_ids == 0``), 0 = a real token (Core ML has no bool outputs);
+  (``input_ids == 0``, or after the first EOT under transformers semantics; computed in the program
+  from the ids), 0 = a real token (Core ML has no bool outputs);
 * ``--precision int8``: 8-bit weights (``linear_quantize_weights``: symmetric, per output channel,
   every weight of more than 2,048 elements, the token embedding included), FP16 activations;
   with ``w8a8`` also 8-bit activations (:func:`quantize_activations`, calibrated with :mod:`edgeseg.targets.mil`).
@@ -42,7 +43,7 @@ from edgeseg.backends import require_coremltools
 from edgeseg.bundle import REFERENCE, bundle_writer, finalize, reference_entry, save_reference, tool_versions
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
-from edgeseg.tokenizer import get_tokenizer
+from edgeseg.tokenizer import MASK_RULES, get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,14 @@ EMULATION_PROMPTS = 200
 W8A8_CALIBRATION = 512
 
 
-def io_spec(context_length: int, output_dim: int = 256) -> dict[str, list[dict[str, Any]]]:
+def io_spec(context_length: int, output_dim: int = 256, mask_rule: str = "input_ids == 0") -> dict[str, Any]:
     """The Core ML contract as manifest entries (int32 ids in, int32 mask out)."""
     return {
         "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["batch", context_length]}],
         "outputs": [
             {"name": "memory", "dtype": "float32", "shape": ["batch", context_length, output_dim]},
             {"name": "mask", "dtype": "int32", "shape": ["batch", context_length],
-             "values": "1 = padding (input_ids == 0), 0 = token"},
+             "values": f"1 = padding ({mask_rule}), 0 = token"},
         ],
     }
 
@@ -110,7 +111,7 @@ def convert(model, precision: str, max_batch: int, w8a8: bool = False, calibrati
 
     length = model.context_length
     wrapper = CoreMLWrapper(inference_copy(model)).eval()
-    example = torch.from_numpy(get_tokenizer()(["a dog"], length).ids.astype(np.int32))
+    example = torch.from_numpy(get_tokenizer()(["a dog"], length, model.pad_id).ids.astype(np.int32))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, example)
@@ -137,12 +138,15 @@ def convert(model, precision: str, max_batch: int, w8a8: bool = False, calibrati
             mlmodel = linear_quantize_weights(mlmodel, config=config)
     log.debug("coremltools: %s", chatter.getvalue())
     mlmodel.short_description = f"edgeseg {model.name}: SAM3 text encoder (context {length})"
-    mlmodel.input_description["input_ids"] = f"int32 [batch, {length}] CLIP BPE token ids (SOT 49406, EOT 49407, pad 0)"
+    rule = MASK_RULES[model.padding.semantics]
+    mlmodel.input_description["input_ids"] = (f"int32 [batch, {length}] CLIP BPE token ids (SOT 49406, EOT 49407, "
+                                              f"pad {model.pad_id})")
     mlmodel.output_description["memory"] = f"float32 [batch, {length}, {model.output_dim}] SAM3 text memory"
     mlmodel.output_description["mask"] = f"int32 [batch, {length}] padding mask: 1 = padding, 0 = token"
     mlmodel.user_defined_metadata.update({
         "edgeseg.encoder": model.name, "edgeseg.context_length": str(length), "edgeseg.precision": precision,
-        "edgeseg.mask": "1 = padding (input_ids == 0)",
+        "edgeseg.mask": f"1 = padding ({rule})", "edgeseg.semantics": model.padding.semantics,
+        "edgeseg.pad_id": str(model.pad_id),
         "edgeseg.activations": "int8 before linear/conv inputs (W8A8), float16 elsewhere" if w8a8 else
         ("float32" if precision == "fp32" else "float16"),
     })
@@ -349,7 +353,7 @@ def emulate_program(package: str | os.PathLike, reference_model, prompts: Sequen
     from edgeseg.targets import mil
 
     prompts = list(prompts)[::max(1, len(prompts) // EMULATION_PROMPTS)][:EMULATION_PROMPTS]
-    ids = get_tokenizer()(prompts, context_length).ids
+    ids = get_tokenizer()(prompts, context_length, reference_model.pad_id).ids
     with torch.no_grad():
         ref_memory, ref_mask = reference_model(torch.from_numpy(ids))
     memory, mask = mil.evaluate_batches(mil.load_program(package), ids, 16)
@@ -455,7 +459,7 @@ def coreml_bundle(
     say = progress or (lambda message: log.info("%s", message))
     require_coremltools()
     length = model.context_length
-    tokens = get_tokenizer()(list(reference_prompts), length)
+    tokens = get_tokenizer()(list(reference_prompts), length, model.pad_id)
     reference = model
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
         reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
@@ -469,7 +473,7 @@ def coreml_bundle(
         if not calibration:
             raise EdgesegError("--w8a8 needs calibration prompts")
         calibration = list(calibration)[::max(1, len(calibration) // W8A8_CALIBRATION)][:W8A8_CALIBRATION]
-        calibration_ids = get_tokenizer()(calibration, length).ids
+        calibration_ids = get_tokenizer()(calibration, length, model.pad_id).ids
         say(f"W8A8: calibrating activations on {len(calibration)} prompts (MIL emulation)")
     say(f"converting {model.name} to a Core ML ML program ({precision}{' W8A8' if w8a8 else ''}, "
         f"batch 1..{max_batch})")
@@ -502,18 +506,19 @@ def coreml_bundle(
             if not predicted["passed"]:
                 raise EdgesegError(f"Core ML vs FP32 reference: mean cosine {predicted['mean_cosine']:.5f}, worst "
                                    f"{predicted['worst_cosine']:.5f} below the gate {mean} / {worst}")
-        tokenizer = write_bundle_vocabulary(tmp)
+        tokenizer = write_bundle_vocabulary(tmp, model.pad_id, MASK_RULES[model.padding.semantics])
         save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
         fields = {
             "encoder": model.name,
             "context_length": length,
             "position_table": getattr(model, "position_table", None),
+            "semantics": model.padding.semantics,
             "precision": precision,
             "target": "coreml",
             "backend": "coreml",
             # The package is a folder; its Manifest.json stands for it (the bundle lists files only).
             "model": f"{PACKAGE}/Manifest.json",
-            **io_spec(length, model.output_dim),
+            **io_spec(length, model.output_dim, MASK_RULES[model.padding.semantics]),
             "tokenizer": tokenizer,
             "source": source,
             "coreml": {

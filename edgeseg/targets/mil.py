@@ -209,6 +209,17 @@ def _cast(torch, a):
     return torch.round(x).long() if x.is_floating_point() else x.long()
 
 
+def _cumsum(torch, a):
+    x = a("x")
+    axis = _axis(a("axis", 0), x.dim())
+    if bool(a("reverse", False)):
+        x = x.flip(axis)
+    out = torch.cumsum(x, dim=axis)
+    if bool(a("exclusive", False)):
+        out = out - x
+    return out.flip(axis) if bool(a("reverse", False)) else out
+
+
 def _binary(fn):
     return lambda torch, a: fn(torch, a("x"), a("y"))
 
@@ -261,6 +272,7 @@ OPS: dict[str, Callable[[Any, Callable], Any]] = {
     "slice_by_index": _slice_by_index,
     "identity": lambda t, a: a("x"),
     "cast": _cast,
+    "cumsum": _cumsum,
     "quantize": _quantize,
     "dequantize": _dequantize,
     "constexpr_affine_dequantize": lambda t, a: _dequantize(t, a, "quantized_data"),

@@ -160,6 +160,20 @@ TEST(Tokenizer, PackingAndTruncation) {
   EXPECT_EQ(row[1], 49407);
 }
 
+TEST(Tokenizer, PadsWithTheManifestPadId) {
+  // transformers semantics: CLIP's tokenizer pads with <|endoftext|> (49407, the EOT id)
+  TokenizerSpec s = spec();
+  s.pad_id = 49407;
+  Tokenizer t(s);
+  EXPECT_EQ(t.pad_id(), 49407);
+  std::vector<int64_t> row(16, -1);
+  EXPECT_EQ(t.pack("a dog", row.data()), 4);
+  std::vector<int64_t> zero_padded(16, -1);
+  shared().pack("a dog", zero_padded.data());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(row[static_cast<size_t>(i)], zero_padded[static_cast<size_t>(i)]);
+  for (int i = 4; i < 16; ++i) EXPECT_EQ(row[static_cast<size_t>(i)], 49407);
+}
+
 TEST(Tokenizer, CacheDoesNotChangeResults) {
   Tokenizer fresh(spec());
   const std::string text = "the leftmost child wearing blue vest, caf\xc3\xa9 \xe7\x8c\xab";
