@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from edgeseg.encoders.base import Padding
-from edgeseg.tokenizer import TRANSFORMERS_PAD_ID
 from edgeseg.errors import EdgesegError
 from edgeseg.integrations.source import FeatureCache, TextFeatures, as_text_source, check_features
+from edgeseg.tokenizer import TRANSFORMERS_PAD_ID
 
 MODEL_TYPES = ("sam3", "sam3_lite_text", "sam3_video", "sam3_lite_text_video")
 
