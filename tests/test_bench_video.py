@@ -75,6 +75,12 @@ def test_video_phase_on_a_three_frame_clip(tmp_path_factory):
     # random weights: nothing reaches SAM3's detection threshold, in any run (so they agree)
     assert result["reference"][0]["objects_per_frame"] == [0, 0, 0]
     assert result["summary"]["sam3-fp32"]["mean_id_agreement"] == 1.0
+    from edgeseg.bench.report import _video
+
+    section = "\n".join(_video({"video": result}))  # report.md's section
+    assert f"{clip}: 3 frames of {'x'.join(map(str, base.shape))}" in section and "'a person'" in section
+    summary_row = next(line for line in section.splitlines() if line.startswith("| sam3-fp32 | 1 |"))
+    assert [c.strip() for c in summary_row.strip("|").split("|")][2:7] == ["1.000", "1.00", "1.000", "0", "1"]
 
 
 def test_bench_video_that_cannot_be_decoded_is_one_line(tmp_path):
