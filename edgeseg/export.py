@@ -33,6 +33,7 @@ from edgeseg.encoders import TextEncoder
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
+from edgeseg.runtime.onnxruntime import cpu_session
 from edgeseg.tokenizer import EOT_ID, MASK_RULES, get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
 
@@ -113,7 +114,7 @@ def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask:
                           tolerance: float) -> dict[str, Any]:
     """Run each reference prompt at its own length; compare its valid positions with the full-length run."""
     worst = 0.0
-    session = onnx_session(path)
+    session = cpu_session(path)
     for row in range(len(ids)):
         length = own_length(ids[row:row + 1])
         short, short_mask = session.run(["memory", "mask"], {"input_ids": ids[row:row + 1, :length]})
@@ -128,18 +129,8 @@ def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask:
             "how": "each reference prompt run alone at its own length vs its valid positions at full length"}
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def run_onnx(path: str | os.PathLike, input_ids: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, ...]:
-    memory, mask = onnx_session(path, threads).run(["memory", "mask"], {"input_ids": input_ids})
+    memory, mask = cpu_session(path, threads).run(["memory", "mask"], {"input_ids": input_ids})
     return memory, mask
 
 
