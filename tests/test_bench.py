@@ -8,8 +8,6 @@ switch) run on a fake clock, and the tiny end-to-end run only checks that figure
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -18,21 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import calibration_prompts, import_sam3
+from conftest import calibration_prompts, import_sam3, run_cli
 from test_encoders_mobileclip import S0_BLOCKS, tiny_student
 from test_export import REF_PROMPTS, SOURCE, tiny_exported_bundle, tiny_teacher
 
-from edgeseg.cli import main
 from edgeseg.tokenizer import get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(args: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
 
 
 BARS = [{"bar": "bundle size", "value": "memory.static.{key}.bundle_bytes", "over": ["bundle"], "scale": 1e-6,

@@ -84,16 +84,11 @@ def test_video_phase_on_a_three_frame_clip(tmp_path_factory):
 
 
 def test_bench_video_that_cannot_be_decoded_is_one_line(tmp_path):
-    import contextlib
-    import io
-
-    from edgeseg.cli import main
+    from conftest import run_cli
 
     (tmp_path / "clip.mp4").write_bytes(b"not a video")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(["bench", "mobileclip-s0", "--skip-segmentation", "--video", str(tmp_path / "clip.mp4"),
-                   "--out", str(tmp_path / "out")])
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    rc, err = run_cli(["bench", "mobileclip-s0", "--skip-segmentation", "--video", str(tmp_path / "clip.mp4"),
+                       "--out", str(tmp_path / "out")])
+    lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2 and len(lines) == 1 and "not a video that can be decoded" in lines[0]
     assert not (tmp_path / "out").exists()

@@ -3,25 +3,14 @@ the shipped default through the CLI, and bad input (one stderr line, exit 2, no 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import import_sam3
+from conftest import import_sam3, run_cli
 from test_export import tiny_exported_bundle
-
-from edgeseg.cli import main
-
-
-def run_cli(args: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
 
 
 def _png(path: Path) -> np.ndarray:
