@@ -119,6 +119,7 @@ def test_cli_shipped_default(inputs, tiny_meta, tmp_path, monkeypatch):
     item = results["images"]["items"][0]
     assert item["source"] == "skimage.data.chelsea()" and item["prompts"][0]["prompt"] == "a cat"
     assert _png(tmp_path / "seg" / item["prompts"][0]["overlay"]).shape == (300, 451, 3)
+    assert err.strip().splitlines()[-1] == f"edgeseg: overlay: {tmp_path / 'seg' / 'chelsea' / 'a-cat' / 'overlay.png'}"
     assert results["command"].startswith("edgeseg segment --bundle")
 
 
