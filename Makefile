@@ -21,8 +21,10 @@ setup: $(STAMP)
 # teacher and every student and print a comparison table; then export MobileCLIP-S0 and the
 # teacher to ONNX, quantize S0 to INT8 (static Q/DQ and dynamic, calibrated and fidelity-gated)
 # and print a size / latency / memory / fidelity table (the int8-quick suite of edgeseg bench); a short
-# distillation; and the headline use: the Jetson kit of S0 INT8 (ONNX Runtime self-check + summary;
-# the engine itself is built on the device by the kit's build_engine.py).
+# distillation; the headline use: the Jetson kit of S0 INT8 (ONNX Runtime self-check + summary;
+# the engine itself is built on the device by the kit's build_engine.py); and that bundle as SAM3's text
+# encoder on the shipped photo ("a cat", Meta's SAM3 image model, random weights: --top-k 3 draws the best
+# queries anyway), ending with the overlay picture's path.
 DEMO_PROMPTS := edgeseg/data/prompts/samples.txt
 demo: $(STAMP)
 	$(BIN)/edgeseg compare --prompts $(DEMO_PROMPTS)
@@ -32,7 +34,7 @@ demo: $(STAMP)
 		--warmup-steps 2 --eval-every 8 --checkpoint-every 8 --out out/distill-demo
 	$(BIN)/edgeseg build --target jetson --encoder mobileclip-s0 --precision int8 --max-batch 8 \
 		--calibration-limit 512 --eval-limit 500 --out out/s0-jetson
-	@# issue 15 adds one line here: `edgeseg segment ... --bundle out/s0-jetson` ending with its overlay picture path
+	$(BIN)/edgeseg segment --bundle out/s0-jetson --top-k 3 --out out/segment-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

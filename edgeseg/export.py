@@ -20,6 +20,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from edgeseg.encoders import TextEncoder
 from edgeseg.encoders.mobileclip import MobileCLIPTextEncoder, fuse_repmixer_blocks
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import token_fidelity
+from edgeseg.runtime.onnxruntime import cpu_session
 from edgeseg.tokenizer import EOT_ID, MASK_RULES, get_tokenizer
 from edgeseg.vocab import write_bundle_vocabulary
 
@@ -112,7 +114,7 @@ def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask:
                           tolerance: float) -> dict[str, Any]:
     """Run each reference prompt at its own length; compare its valid positions with the full-length run."""
     worst = 0.0
-    session = onnx_session(path)
+    session = cpu_session(path)
     for row in range(len(ids)):
         length = own_length(ids[row:row + 1])
         short, short_mask = session.run(["memory", "mask"], {"input_ids": ids[row:row + 1, :length]})
@@ -127,19 +129,35 @@ def _dynamic_length_check(path: Path, ids: np.ndarray, memory: np.ndarray, mask:
             "how": "each reference prompt run alone at its own length vs its valid positions at full length"}
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def run_onnx(path: str | os.PathLike, input_ids: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, ...]:
-    memory, mask = onnx_session(path, threads).run(["memory", "mask"], {"input_ids": input_ids})
+    memory, mask = cpu_session(path, threads).run(["memory", "mask"], {"input_ids": input_ids})
     return memory, mask
+
+
+@dataclass(frozen=True)
+class Fp32Reference:
+    """An encoder's FP32 outputs on the reference prompts: what a bundle is checked against and ships."""
+
+    ids: np.ndarray  # int64 [N, L], padded with the encoder's pad id
+    memory: np.ndarray  # float32 [N, L, D]
+    mask: np.ndarray  # bool [N, L], True = padding
+    model: TextEncoder  # the FP32 CPU eval-mode model that gave them: the caller's own, or a copy of it
+
+
+def fp32_reference(model: TextEncoder, prompts: Sequence[str]) -> Fp32Reference:
+    """Run ``model`` in FP32 on the CPU (a copy when it is not already FP32/CPU/eval: the caller's model is
+    never changed) on ``prompts``; non-finite outputs are refused."""
+    ids = get_tokenizer()(list(prompts), model.context_length, model.pad_id).ids
+    reference = model
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
+        reference = copy.deepcopy(model).float().cpu().eval()
+    with torch.no_grad():
+        memory, mask = reference(torch.from_numpy(ids))
+    memory, mask = memory.float().numpy(), mask.numpy()
+    if not np.isfinite(memory).all():
+        raise EdgesegError(f"{model.name} gives non-finite outputs (NaN or Inf) on the reference prompts: nothing "
+                           "to export")
+    return Fp32Reference(ids, memory, mask, reference)
 
 
 def export_bundle(
@@ -159,29 +177,21 @@ def export_bundle(
     the bundle for on-device self-checks. With ``dynamic_length`` the sequence axis is dynamic
     (causal encoders only) and each reference prompt is also checked at its own length.
     """
-    tokens = get_tokenizer()(list(reference_prompts), model.context_length, model.pad_id)
-    reference = model
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
-        reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
-    with torch.no_grad():
-        ref_memory, ref_mask = reference(torch.from_numpy(tokens.ids))
-    ref_memory, ref_mask = ref_memory.numpy(), ref_mask.numpy()
-    if not np.isfinite(ref_memory).all():
-        raise EdgesegError(f"{model.name} gives non-finite outputs (NaN or Inf) on the reference prompts: nothing "
-                           "to export")
+    ref = fp32_reference(model, reference_prompts)
+    ref_memory, ref_mask = ref.memory, ref.mask
     with bundle_writer(out) as tmp:
         export_onnx(model, tmp / MODEL_FILE, opset, dynamic_length)
-        memory, mask = run_onnx(tmp / MODEL_FILE, tokens.ids)
+        memory, mask = run_onnx(tmp / MODEL_FILE, ref.ids)
         if memory.shape != ref_memory.shape or not np.array_equal(mask, ref_mask):
             raise EdgesegError("export verification failed: ONNX outputs do not have the torch shapes/mask")
         max_diff = float(np.abs(memory - ref_memory).max())
         if not max_diff <= tolerance:  # NaN fails too
             raise EdgesegError(f"export verification failed: ONNX vs torch max abs diff {max_diff:.3g} > {tolerance}")
         fidelity = token_fidelity(memory, ref_memory, ref_mask)
-        length_check = _dynamic_length_check(tmp / MODEL_FILE, tokens.ids, memory, mask, tolerance) \
+        length_check = _dynamic_length_check(tmp / MODEL_FILE, ref.ids, memory, mask, tolerance) \
             if dynamic_length else None
         tokenizer = write_bundle_vocabulary(tmp, model.pad_id, MASK_RULES[model.padding.semantics])
-        save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
+        save_reference(tmp / REFERENCE, reference_prompts, ref.ids, ref_memory, ref_mask)
         manifest = finalize(tmp, {
             "encoder": model.name,
             "context_length": model.context_length,

@@ -66,6 +66,7 @@ from edgeseg.bundle import (
 from edgeseg.errors import EdgesegError
 from edgeseg.fileio import work_dir
 from edgeseg.outputs import cosine, pooled, token_fidelity
+from edgeseg.runtime.onnxruntime import cpu_session
 from edgeseg.tokenizer import VOCAB_SIZE
 from edgeseg.vocab import PRUNED_VOCAB_FILENAME, PrunedVocabulary, md5_file, prune_vocabulary
 
@@ -295,22 +296,10 @@ def _quantize_with_ort(fp32: Path, out: Path, mode: str, method: str, targets: l
                          nodes_to_quantize=targets or ["<none>"], extra_options={"MatMulConstBOnly": True})
 
 
-def _cpu_session(model: str | bytes, threads: int | None):
-    """A quiet ONNX Runtime CPU session of ``model`` (a path or serialized bytes); ``threads`` intra-op
-    threads (None: ONNX Runtime's default)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _cosine_error(model: onnx.ModelProto, ids: np.ndarray, ref_memory: np.ndarray, ref_mask: np.ndarray,
                   threads: int | None, batch: int = 64) -> float:
     """1 - mean token cosine of ``model``'s memory on ``ids`` against the FP32 reference outputs."""
-    session = _cpu_session(model.SerializeToString(), threads)
+    session = cpu_session(model.SerializeToString(), threads)
     memory = np.concatenate([session.run(["memory"], {"input_ids": ids[start:start + batch]})[0]
                              for start in range(0, len(ids), batch)])
     return 1.0 - token_fidelity(memory, ref_memory, ref_mask)["mean_cosine"]
@@ -329,7 +318,7 @@ def _batches(path: Path, ids: np.ndarray, threads: int | None, extra_outputs: Se
         os.close(fd)
         onnx.save(model, model_path)
     try:
-        session = _cpu_session(model_path, threads)
+        session = cpu_session(model_path, threads)
         names = ["memory", "mask", *extra_outputs]
         for start in range(0, len(ids), batch):
             yield session.run(names, {"input_ids": ids[start:start + batch]})

@@ -72,6 +72,19 @@ def meta_tokenizer():
     return simple_tokenizer(bpe_path=str(default_vocab_path()))
 
 
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """``edgeseg ARGS`` in this process: (exit code, what it wrote on stderr)."""
+    import contextlib
+    import io
+
+    from edgeseg.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, err.getvalue()
+
+
 def calibration_prompts(limit: int | None = None) -> list[str]:
     """Real prompts shipped in edgeseg/data/prompts/ (all splits), in file order."""
     prompts: list[str] = []

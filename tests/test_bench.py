@@ -8,8 +8,6 @@ switch) run on a fake clock, and the tiny end-to-end run only checks that figure
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -18,21 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import calibration_prompts, import_sam3
+from conftest import calibration_prompts, import_sam3, run_cli
 from test_encoders_mobileclip import S0_BLOCKS, tiny_student
 from test_export import REF_PROMPTS, SOURCE, tiny_exported_bundle, tiny_teacher
 
-from edgeseg.cli import main
 from edgeseg.tokenizer import get_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(args: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
 
 
 BARS = [{"bar": "bundle size", "value": "memory.static.{key}.bundle_bytes", "over": ["bundle"], "scale": 1e-6,
@@ -363,10 +353,15 @@ def test_a_bundle_without_manifest(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--baseline", "sam2-fp32"], "unknown baseline"),
     (["--batch", "1,x"], "--batch"),
+    (["--batch", "0"], "from 1 to 1024"),
+    (["--batch", "1,100000"], "from 1 to 1024"),
+    (["--checkpoint", "mobileclip-s1=x.pt"], "not one of the encoders this command runs"),
+    (["--checkpoint", "mobileclip-s0"], "expected NAME=PATH"),
+    (["--checkpoint", "mobileclip-s0=no_such.pt"], "does not exist"),
 ])
-def test_unknown_baseline_and_bad_batches(tmp_path, args, needle):
+def test_unknown_baseline_bad_batches_and_checkpoints(tmp_path, args, needle):
     rc, err = run_cli(["bench", "mobileclip-s0", "--skip-segmentation", *args, "--out", str(tmp_path / "out")])
-    assert rc == 2 and needle in _one_error_line(err)
+    assert rc == 2 and needle in _one_error_line(err) and not (tmp_path / "out").exists()
 
 
 def test_unreadable_bars_file(tmp_path):
@@ -405,3 +400,31 @@ def test_progress_goes_to_logs_as_lines(capsys):
         for _ in range(4):
             bar.update(1)
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_checkpoint_option_loads_torch_candidates(tmp_path):
+    """``bench --checkpoint NAME=PATH``: the torch candidate runs the file's weights (its outputs are those of
+    ``load_encoder`` on the file and differ from the random ones), recorded by fingerprint; the memory child
+    gets the file too."""
+    from edgeseg.bench import BenchOptions, load_models, resolve_candidates
+    from edgeseg.bench.phases import _children
+    from edgeseg.checkpoints import fingerprint, load_encoder, save_encoder
+    from edgeseg.encoders import build_encoder
+
+    ckpt = tmp_path / "s0_seed5.safetensors"
+    save_encoder(build_encoder("mobileclip-s0", seed=5), ckpt)
+    opts = BenchOptions(candidates=["mobileclip-s0"], out=tmp_path / "out", teacher=tiny_teacher(),
+                        checkpoints={"mobileclip-s0": ckpt})
+    models = load_models(opts, resolve_candidates(opts))
+    got = models["mobileclip-s0-torch"]
+    ids = got.ids(["a dog", "the red car on the left"])
+    with torch.no_grad():
+        expected = load_encoder("mobileclip-s0", ckpt)(torch.from_numpy(ids))[0].numpy()
+        random = build_encoder("mobileclip-s0", seed=0)(torch.from_numpy(ids))[0].numpy()
+    memory = got.infer(ids)[0]
+    assert np.array_equal(memory, expected) and not np.allclose(memory, random, atol=1e-3)
+    assert got.facts["checkpoint"] == fingerprint(ckpt) and got.facts["weights"] == "checkpoint"
+    run = type("Run", (), {"opts": opts, "models": {"mobileclip-s0-torch": got}})
+    (key, argv), = _children(run, tmp_path / "prompts.txt")
+    assert key == "mobileclip-s0-torch" and str(ckpt) in argv
+

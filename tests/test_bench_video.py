@@ -75,19 +75,20 @@ def test_video_phase_on_a_three_frame_clip(tmp_path_factory):
     # random weights: nothing reaches SAM3's detection threshold, in any run (so they agree)
     assert result["reference"][0]["objects_per_frame"] == [0, 0, 0]
     assert result["summary"]["sam3-fp32"]["mean_id_agreement"] == 1.0
+    from edgeseg.bench.report import _video
+
+    section = "\n".join(_video({"video": result}))  # report.md's section
+    assert f"{clip}: 3 frames of {'x'.join(map(str, base.shape))}" in section and "'a person'" in section
+    summary_row = next(line for line in section.splitlines() if line.startswith("| sam3-fp32 | 1 |"))
+    assert [c.strip() for c in summary_row.strip("|").split("|")][2:7] == ["1.000", "1.00", "1.000", "0", "1"]
 
 
 def test_bench_video_that_cannot_be_decoded_is_one_line(tmp_path):
-    import contextlib
-    import io
-
-    from edgeseg.cli import main
+    from conftest import run_cli
 
     (tmp_path / "clip.mp4").write_bytes(b"not a video")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(["bench", "mobileclip-s0", "--skip-segmentation", "--video", str(tmp_path / "clip.mp4"),
-                   "--out", str(tmp_path / "out")])
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    rc, err = run_cli(["bench", "mobileclip-s0", "--skip-segmentation", "--video", str(tmp_path / "clip.mp4"),
+                       "--out", str(tmp_path / "out")])
+    lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2 and len(lines) == 1 and "not a video that can be decoded" in lines[0]
     assert not (tmp_path / "out").exists()

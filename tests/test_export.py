@@ -10,13 +10,11 @@ the contract of issue 4 written out by hand. Tiny models keep this fast; the ful
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as dt
 import functools
 import gzip
 import hashlib
-import io
 import json
 import math
 from importlib import metadata
@@ -27,7 +25,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import HARD_PROMPTS, PROMPT_SETS
+from conftest import HARD_PROMPTS, PROMPT_SETS, run_cli
 from onnx import numpy_helper
 from test_encoders_mobileclip import S0_BLOCKS, tiny_student
 
@@ -124,10 +122,7 @@ def cli_exported_s0(tmp_path_factory) -> tuple[int, str, Path]:
     """``edgeseg export --encoder mobileclip-s0 --out DIR`` once per session: (exit code, stderr, DIR)."""
     if "s0" not in _S0:
         out = tmp_path_factory.mktemp("s0-export") / "bundle"
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            rc = main(["export", "--encoder", "mobileclip-s0", "--out", str(out)])
-        _S0["s0"] = (rc, err.getvalue(), out)
+        _S0["s0"] = (*run_cli(["export", "--encoder", "mobileclip-s0", "--out", str(out)]), out)
     return _S0["s0"]
 
 

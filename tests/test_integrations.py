@@ -190,17 +190,21 @@ def _hf_outputs(out):
 
 @pytest.mark.parity
 def test_transformers_baseline_through_text_inputs_is_bit_exact(hf_model):
+    """OwnTextSource tokenizes as Sam3Processor (transformers' own CLIP tokenizer is the oracle: pad with
+    <|endoftext|>, attention 1 through the first EOT), so the masks are SAM3's own, bit for bit. Padding with
+    0 instead changes the LiteText student's valid outputs (its RepMixer convolutions see padding)."""
+    from hf_models import tokenize
+
     from edgeseg.integrations.transformers_sam3 import OwnTextSource, text_inputs
-    from edgeseg.tokenizer import get_tokenizer
 
     context = hf_model.config.text_config.max_position_embeddings
-    ids = torch.from_numpy(get_tokenizer()(PROMPTS, context).ids)
+    ids, attention = (torch.from_numpy(a) for a in tokenize(PROMPTS, context))
     pixels = torch.randn(len(PROMPTS), 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        own = _hf_outputs(hf_model(pixel_values=pixels, input_ids=ids, attention_mask=(ids != 0).long()))
+        own = _hf_outputs(hf_model(pixel_values=pixels, input_ids=ids, attention_mask=attention))
         inputs = text_inputs(hf_model, OwnTextSource(hf_model, context), PROMPTS)
         got = _hf_outputs(hf_model(pixel_values=pixels, **inputs))
-    assert inputs["attention_mask"].dtype == torch.int64 and torch.equal(inputs["attention_mask"], (ids != 0).long())
+    assert inputs["attention_mask"].dtype == torch.int64 and torch.equal(inputs["attention_mask"], attention)
     for key in own:
         assert torch.equal(own[key], got[key]), key
 

@@ -3,25 +3,14 @@ the shipped default through the CLI, and bad input (one stderr line, exit 2, no 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import import_sam3
+from conftest import import_sam3, run_cli
 from test_export import tiny_exported_bundle
-
-from edgeseg.cli import main
-
-
-def run_cli(args: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
 
 
 def _png(path: Path) -> np.ndarray:
@@ -130,6 +119,7 @@ def test_cli_shipped_default(inputs, tiny_meta, tmp_path, monkeypatch):
     item = results["images"]["items"][0]
     assert item["source"] == "skimage.data.chelsea()" and item["prompts"][0]["prompt"] == "a cat"
     assert _png(tmp_path / "seg" / item["prompts"][0]["overlay"]).shape == (300, 451, 3)
+    assert err.strip().splitlines()[-1] == f"edgeseg: overlay: {tmp_path / 'seg' / 'chelsea' / 'a-cat' / 'overlay.png'}"
     assert results["command"].startswith("edgeseg segment --bundle")
 
 

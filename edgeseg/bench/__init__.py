@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "edgeseg.bench/2"
 BASELINES = (FIXED,)
+MAX_BATCH = 1024  # prompts per timed call: far above any app's batch, below what exhausts memory
 RESERVED = (FIXED, DYNAMIC, TORCH_INT8, TORCH_INT8_DYNAMIC)
 RANDOM_NOTE = "RANDOM/SYNTHETIC WEIGHTS: no real checkpoint; accuracy figures are not meaningful"
 
@@ -81,6 +82,8 @@ class BenchOptions:
     # Injected models (tests, notebooks): the teacher, torch encoders by name, and SAM3's image model.
     teacher: Any = None
     encoders: dict[str, Any] = field(default_factory=dict)
+    #: checkpoints of torch-encoder candidates by encoder name (``--checkpoint NAME=PATH``); others are random
+    checkpoints: dict[str, Path] = field(default_factory=dict)
     image_model: Any = None
     resolution: int | None = None
     gemm_measure: Callable[..., dict[str, Any]] | None = None  # replaces edgeseg.bench.gemm.gemm_rates (tests)
@@ -130,8 +133,12 @@ def resolve_candidates(opts: BenchOptions) -> list[Resolved]:
                            f"{', '.join(keys)}")
     if opts.images is not None and opts.prompts is None:
         raise EdgesegError("--images needs --prompts FILE (image<TAB>prompt lines or a JSON map)")
-    if not opts.batches or any(b < 1 for b in opts.batches):
-        raise EdgesegError("--batch takes positive batch sizes, e.g. 1,8")
+    if not opts.batches or any(not 1 <= b <= MAX_BATCH for b in opts.batches):
+        raise EdgesegError(f"--batch takes batch sizes from 1 to {MAX_BATCH}, e.g. 1,8; got "
+                           f"{','.join(map(str, opts.batches)) or 'none'}")
+    unused = sorted(set(opts.checkpoints) - {r.name for r in resolved if r.kind == "torch"})
+    if unused:
+        raise EdgesegError(f"--checkpoint {', '.join(unused)}: not a torch encoder among the candidates")
     return resolved
 
 
@@ -173,7 +180,7 @@ def load_models(opts: BenchOptions, resolved: list[Resolved]) -> dict[str, Model
     """The baselines (torch teacher, fixed and own length) then every candidate, in the order given."""
     import torch
 
-    from edgeseg.checkpoints import load_encoder
+    from edgeseg.checkpoints import fingerprint, load_encoder
     from edgeseg.fileio import sha256_file
 
     device = torch.device(opts.device)
@@ -192,12 +199,15 @@ def load_models(opts: BenchOptions, resolved: list[Resolved]) -> dict[str, Model
         if item.kind == "bundle":
             models[item.key] = bundle_model(item.key, item.path, opts.threads)
             continue
-        injected = opts.encoders.get(item.name)
-        model = injected.to(device).eval() if injected is not None else load_encoder(item.name, device=device,
-                                                                                     seed=0)
+        injected, checkpoint = opts.encoders.get(item.name), opts.checkpoints.get(item.name)
+        model = injected.to(device).eval() if injected is not None else load_encoder(item.name, checkpoint,
+                                                                                     device=device, seed=0)
         models[item.key] = torch_model(item.key, model, f"{item.name} FP32 (torch)", {
-            "encoder": item.name, "precision": "fp32", "checkpoint": "random", "weights": "random (seed 0)"}, device)
-        models[item.key].extra["child_encoder"] = None if injected is not None else item.name
+            "encoder": item.name, "precision": "fp32",
+            "checkpoint": fingerprint(checkpoint) if checkpoint else "random",
+            "weights": "checkpoint" if checkpoint else "random (seed 0)"}, device)
+        models[item.key].extra.update(child_encoder=None if injected is not None else item.name,
+                                      child_checkpoint=checkpoint)
     return models
 
 

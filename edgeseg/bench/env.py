@@ -73,15 +73,17 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 
 def gpu_info() -> dict[str, Any] | None:
-    """The CUDA device torch sees, if torch is already imported and CUDA is available."""
+    """CUDA device 0 as :func:`edgeseg.trtprobe.gpu_info` reads it (driver API: name, compute capability,
+    driver, memory), plus the CUDA version torch was built with when torch is loaded; None without a GPU."""
     import sys
 
+    from edgeseg import trtprobe
+
+    info = trtprobe.gpu_info()
     torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return None
-    props = torch.cuda.get_device_properties(0)
-    return {"name": props.name, "memory_bytes": int(props.total_memory),
-            "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda}
+    if info is not None and torch is not None:
+        info["cuda"] = torch.version.cuda
+    return info
 
 
 def environment(threads: int) -> dict[str, Any]:

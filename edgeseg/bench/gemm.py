@@ -94,15 +94,6 @@ def bundle_backend(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def _ort_session(graph: Any, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
 
 def _products(m: int, k: int, n: int) -> dict[str, Any]:
     """Single-product ONNX graphs: FP32 MatMul, static Q/DQ MatMul, DynamicQuantizeMatMul."""
@@ -135,11 +126,14 @@ def _products(m: int, k: int, n: int) -> dict[str, Any]:
 
 
 def _calls(m: int, k: int, n: int, threads: int, backends: Iterable[str]) -> dict[str, Callable[[], Any]]:
+    from edgeseg.runtime.onnxruntime import cpu_session
+
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
     wanted = set(backends)
     graphs = _products(m, k, n)
-    calls: dict[str, Callable[[], Any]] = {name: (lambda s=_ort_session(g, threads): s.run(None, {"x": x}))
-                                           for name, g in graphs.items() if name in wanted}
+    calls: dict[str, Callable[[], Any]] = {
+        name: (lambda s=cpu_session(g.SerializeToString(), threads, inter_op_threads=1): s.run(None, {"x": x}))
+        for name, g in graphs.items() if name in wanted}
     if "torch-fp32" in wanted:
         import torch
 

@@ -123,7 +123,7 @@ def _children(run: Run, prompts_file: Any) -> list[tuple[str, list[str]]]:
             children.append((key, memory.bundle_child(model.runner.bundle, prompts_file, opts.threads,
                                                       DEFAULT_BATCH)))
         elif model.extra.get("child_encoder"):
-            checkpoint = opts.sam3_checkpoint if key == FIXED else None
+            checkpoint = opts.sam3_checkpoint if key == FIXED else model.extra.get("child_checkpoint")
             children.append((key, memory.torch_child(model.extra["child_encoder"], checkpoint, prompts_file,
                                                      opts.threads, TORCH_BATCH, opts.device)))
     return children

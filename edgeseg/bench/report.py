@@ -252,6 +252,30 @@ def _segmentation(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _video(results: dict[str, Any]) -> list[str]:
+    video = results.get("video")
+    if not video:
+        return []
+    rows = [[k, str(s["prompts"]), _f(s.get("mean_frame_mask_iou"), "{:.3f}"),
+             _f(s.get("mean_count_agreement"), "{:.2f}"), _f(s.get("mean_id_agreement"), "{:.3f}"),
+             str(s.get("id_switches", "-")), str(s.get("both_empty_prompts", "-")),
+             _f(video.get("seconds_per_prompt", {}).get(k))] for k, s in video["summary"].items()]
+    per_prompt = [[k, r["prompt"], _f(r["mean_mask_iou"], "{:.3f}"), _f(r["count_agreement"], "{:.2f}"),
+                   _f(r["id_agreement"], "{:.3f}"), str(r["id_switches"])]
+                  for k, rs in video["per_prompt"].items() for r in rs]
+    shape = "x".join(str(n) for n in video["frame_shape"])
+    return ["## Video (Meta's SAM3 video model)", "",
+            f"{video['source']}: {video['frames']} frames of {shape}; prompts: "
+            f"{', '.join(repr(p) for p in video['prompts'])}. SAM3's own run takes "
+            f"{_f(video.get('seconds_per_prompt', {}).get('reference'))} s per prompt. "
+            f"{video['baseline_through_adapter']}.", "", video["method"], "",
+            md_table(["text features from", "prompts", "frame mask IoU", "count agrees", "id agreement",
+                      "id switches", "both empty", "s per prompt"], rows, "lrrrrrrr"), "",
+            "### Per prompt", "",
+            md_table(["text features from", "prompt", "frame mask IoU", "count agrees", "id agreement",
+                      "id switches"], per_prompt, "llrrrr"), ""]
+
+
 #: optional results sections (name -> renderer of that section's lines), e.g. prompt banks
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {}
 
@@ -263,7 +287,7 @@ def register_renderer(name: str, render_section: Callable[[dict[str, Any]], list
 def render(results: dict[str, Any], plot_names: list[str]) -> str:
     out = _header(results)
     out += ["## Summary", "", headline_table(results), ""]
-    for part in (_bars, _latency, _memory, _accuracy, _segmentation):
+    for part in (_bars, _latency, _memory, _accuracy, _segmentation, _video):
         out += part(results)
     for name, render_section in RENDERERS.items():
         if results.get(name) is not None:

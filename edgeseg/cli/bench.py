@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from edgeseg.cli.common import (
+    CHECKPOINTS_HELP,
     _note,
     cli,
+    parse_checkpoints,
 )
 from edgeseg.devices import check_device
 from edgeseg.errors import EdgesegError, require_extra
@@ -24,6 +26,7 @@ from edgeseg.errors import EdgesegError, require_extra
 @click.option("--threads", type=click.IntRange(min=1), default=2, help="torch and ONNX Runtime intra-op threads.")
 @click.option("--sam3-checkpoint", type=click.Path(path_type=Path), default=None,
               help="Meta's sam3.pt: real weights for the baseline and the SAM3 image model (default: random).")
+@click.option("--checkpoint", "checkpoint_opts", multiple=True, metavar="NAME=PATH", help=CHECKPOINTS_HELP)
 @click.option("--images", type=click.Path(path_type=Path), default=None,
               help="Folder of images for segmentation (needs --prompts). Default: scikit-image sample photos.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use at most this many images.")
@@ -55,7 +58,8 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
           sam3_checkpoint: Path | None, images: Path | None, max_images: int | None, skip_segmentation: bool,
           rounds: int, warmup: int, teacher_int8: bool, bars_file: Path | None, suite_run_file: Path | None,
           eval_prompts: int, no_memory: bool, device: str, suite: str | None, bank: bool, bank_prompts: Path | None,
-          out: Path, video: Path | None = None, video_frames: int = 8) -> None:
+          out: Path, video: Path | None = None, video_frames: int = 8,
+          checkpoint_opts: tuple[str, ...] = ()) -> None:
     """Benchmark bundles and/or encoders against the FP32 SAM3 text encoder.
 
     CANDIDATES are bundle folders (edgeseg export/quantize/build) or encoder names (torch, random
@@ -73,6 +77,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
         sizes = [int(b) for b in batches.split(",") if b.strip()]
     except ValueError as exc:
         raise EdgesegError(f"--batch takes comma-separated integers, got {batches!r}") from exc
+    checkpoints = parse_checkpoints(checkpoint_opts, [c for c in candidates if not Path(c).exists()])
     if device != "cpu":
         check_device(device)
     bars = _read_json(bars_file, "--bars").get("bars", []) if bars_file else []
@@ -82,7 +87,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
                         skip_segmentation=skip_segmentation, rounds=rounds, warmup=warmup,
                         teacher_int8=teacher_int8, bars=bars, suite_run=suite_run, eval_prompts=eval_prompts,
                         memory=not no_memory, max_images=max_images, device=device, suite=suite,
-                        video=video, video_frames=video_frames,
+                        video=video, video_frames=video_frames, checkpoints=checkpoints,
                         command=_bench_command(click.get_current_context()))
     bank_job = _bank_job(candidates, bank_prompts) if bank or bank_prompts else None  # checked before the long run
     prepared = prepare(opts)

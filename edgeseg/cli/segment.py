@@ -62,6 +62,12 @@ def segment(bundle: Path | None, encoder: str | None, checkpoint: Path | None, s
         results = run_segment(opts, prep, progress=lambda message, n: (bar.set_postfix_str(message[:40]),
                                                                          bar.update(n)))
     _note(f"wrote {out}/results.json, masks and overlays in {results['runtime_s']:.1f} s")
+    overlays = [p["overlay"] for item in results.get("images", {}).get("items", []) for p in item["prompts"]]
+    overlays += [p["overview"] for p in results.get("video", {}).get("prompts", []) if "overview" in p]
+    for path in overlays[:4]:
+        _note(f"overlay: {Path(out) / path}")
+    if len(overlays) > 4:
+        _note(f"... and {len(overlays) - 4} more overlays in {out}")
 
 
 def _command(ctx: click.Context) -> str:

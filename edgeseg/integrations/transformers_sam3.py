@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from edgeseg.encoders.base import Padding
 from edgeseg.errors import EdgesegError
 from edgeseg.integrations.source import FeatureCache, TextFeatures, as_text_source, check_features
+from edgeseg.tokenizer import TRANSFORMERS_PAD_ID
 
 MODEL_TYPES = ("sam3", "sam3_lite_text", "sam3_video", "sam3_lite_text_video")
 
@@ -88,22 +90,28 @@ def add_video_prompt(model: Any, session: Any, prompt: str, source: Any) -> int:
 
 
 class OwnTextSource:
-    """A ``transformers`` SAM3 model's own text encoder as a text source (edgeseg layout), on edgeseg's
-    tokens at ``context_length`` (32, SAM3's) with ``attention_mask = ids != 0`` as SAM3 masks."""
+    """A ``transformers`` SAM3 model's own text encoder as a text source (edgeseg layout), tokenized as
+    ``Sam3Processor`` does: ``context_length`` tokens (32, as the processor pads every prompt, LiteText too),
+    padded with the tokenizer's pad token (``<|endoftext|>``, 49407, in OpenAI's CLIP tokenizer files: pass
+    ``pad_id`` when a checkpoint's tokenizer says otherwise), ``attention_mask`` 1 up to and including the
+    first EOT. The pad id matters: the LiteText students' RepMixer convolutions see padding ids even where
+    attention masks them, so padding with 0 would change the valid outputs."""
 
-    def __init__(self, model: Any, context_length: int = 32):
+    def __init__(self, model: Any, context_length: int = 32, pad_id: int = TRANSFORMERS_PAD_ID):
         self.model = model
         self.context_length = context_length
+        self.padding = Padding.of("transformers", pad_id)
 
     def encode(self, prompts: Sequence[str]) -> TextFeatures:
         from edgeseg.tokenizer import get_tokenizer
 
-        ids = torch.from_numpy(get_tokenizer()(list(prompts), self.context_length).ids)
+        ids = torch.from_numpy(get_tokenizer()(list(prompts), self.context_length, self.padding.pad_id).ids)
+        padding = self.padding.mask(ids)
         device, _ = _model_place(self.model)
-        attention_mask = (ids != 0).long().to(device)
         with torch.inference_mode():
-            out = self.model.get_text_features(input_ids=ids.to(device), attention_mask=attention_mask)
-        return TextFeatures(out.pooler_output, attention_mask == 0)
+            out = self.model.get_text_features(input_ids=ids.to(device),
+                                               attention_mask=(~padding).long().to(device))
+        return TextFeatures(out.pooler_output, padding.to(device))
 
 
 def load_model(path: Path, device: str = "cpu") -> Any:

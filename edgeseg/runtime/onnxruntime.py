@@ -49,6 +49,21 @@ def session_options(recorded: dict[str, Any] | None = None, threads: int | None 
     return options
 
 
+def cpu_session(model: Any, threads: int | None = None, inter_op_threads: int | None = None) -> Any:
+    """A quiet ONNX Runtime CPU session of ``model`` (a path or serialized bytes) with ONNX Runtime's default
+    options otherwise: what the build side's checks and the benchmarks' probes use (``threads`` None: one
+    intra-op thread per core). Bundles are run by :class:`OnnxRuntimeRunner` with their recorded options."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    if inter_op_threads:
+        options.inter_op_num_threads = int(inter_op_threads)
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=PROVIDERS)
+
+
 class OnnxRuntimeRunner(Runner):
     session = None
     max_batch: int | None = None

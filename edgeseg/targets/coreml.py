@@ -25,7 +25,6 @@ it is also run and compared with the reference outputs.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -428,6 +427,111 @@ def ship_bank(directory: Path, fields: dict[str, Any], prompts: Sequence[str], d
 
 
 # -- the bundle ----------------------------------------------------------------------------------
+def _w8a8_calibration(model, calibration: Sequence[str] | None, say: Callable[[str], None]
+                      ) -> tuple[list[str], np.ndarray]:
+    """Up to ``W8A8_CALIBRATION`` evenly spaced calibration prompts and their ids."""
+    if not calibration:
+        raise EdgesegError("--w8a8 needs calibration prompts")
+    calibration = list(calibration)[::max(1, len(calibration) // W8A8_CALIBRATION)][:W8A8_CALIBRATION]
+    say(f"W8A8: calibrating activations on {len(calibration)} prompts (MIL emulation)")
+    return calibration, get_tokenizer()(calibration, model.context_length, model.pad_id).ids
+
+
+def _emulated_weights_fidelity(model, ref, precision: str) -> dict[str, Any]:
+    """The stored-weight emulation (:func:`emulate_stored_weights`) vs the FP32 reference ``ref``."""
+    memory, mask = emulate_stored_weights(model, ref.ids, precision)
+    if not np.array_equal(mask, ref.mask):
+        raise EdgesegError("Core ML weight emulation changed the padding mask")
+    return {**token_fidelity(memory, ref.memory, ref.mask), "vs": "torch fp32",
+            "how": "torch with the stored weights, float32 compute (FP16 arithmetic not emulated)"}
+
+
+def _check_package(mlmodel, directory: Path, model, ref, precision: str, max_batch: int, w8a8: bool,
+                   evaluation: Sequence[str], say: Callable[[str], None]
+                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Save the package in ``directory`` and check it: its spec, its MIL program vs torch FP32 on
+    ``evaluation`` and, on macOS, Core ML's prediction vs the FP32 reference ``ref``.
+
+    Returns (the spec's facts, the MIL emulation's fidelity, the prediction's fidelity or None).
+    """
+    package = directory / PACKAGE
+    mlmodel.save(str(package))
+    facts = inspect_package(package)
+    problems = check_spec(facts, model.context_length, max_batch, precision, model.output_dim, w8a8)
+    if problems:
+        raise EdgesegError(f"the Core ML package fails its spec check: {'; '.join(problems)}")
+    say("evaluating the package's MIL program against torch FP32")
+    program_fidelity = emulate_program(package, ref.model, evaluation, model.context_length,
+                                       "w8a8" if w8a8 else precision)
+    predicted = _predicted_fidelity(package, ref, precision, max_batch) if sys.platform == "darwin" else None
+    return facts, program_fidelity, predicted
+
+
+def _predicted_fidelity(package: Path, ref, precision: str, max_batch: int) -> dict[str, Any]:
+    """Core ML's own prediction (macOS) vs the FP32 reference ``ref``; raises when the gate is missed."""
+    memory, mask = predict(package, ref.ids, max_batch)
+    if not np.array_equal(mask, ref.mask):
+        raise EdgesegError("Core ML changed the padding mask on the reference prompts")
+    predicted = token_fidelity(memory, ref.memory, ref.mask)
+    mean, worst = PREDICT_GATES[precision]
+    predicted.update({"gate": {"mean_cosine": mean, "worst_cosine": worst}, "compute_units": "CPU_AND_NE",
+                      "passed": predicted["mean_cosine"] >= mean and predicted["worst_cosine"] >= worst})
+    if not predicted["passed"]:
+        raise EdgesegError(f"Core ML vs FP32 reference: mean cosine {predicted['mean_cosine']:.5f}, worst "
+                           f"{predicted['worst_cosine']:.5f} below the gate {mean} / {worst}")
+    return predicted
+
+
+def _coreml_entry(facts: dict[str, Any], mlmodel, precision: str, max_batch: int, w8a8: bool,
+                  float_activation_ops: list[str], predicted: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's ``coreml`` entry: how the package was made and checked."""
+    return {
+        "package": PACKAGE, "model_type": "mlProgram", "minimum_deployment_target": "iOS17 / macOS14",
+        "spec_version": facts["spec_version"], "compute_units": "CPU_AND_NE",
+        "compute_precision": "float32" if precision == "fp32" else "float16",
+        "weights": {"int8": "int8 symmetric per-channel (linear_quantize_weights), embedding included",
+                    "fp16": "float16", "fp32": "float32"}[precision],
+        "activations": mlmodel.user_defined_metadata["edgeseg.activations"],
+        "w8a8": w8a8,
+        "float_activation_ops": float_activation_ops,
+        "batch_sizes": batch_sizes(max_batch), "max_batch": max_batch,
+        "ops": facts["ops"], "quantized_weights": facts["quantized_weights"],
+        "quantized_elements": facts["quantized_elements"], "package_bytes": facts["bytes"],
+        "weights_bytes": facts["weights_bytes"],
+        "checked": "spec + MIL emulation + prediction" if predicted else
+        f"spec + MIL emulation (Core ML cannot run on {platform.system()})",
+    }
+
+
+def _calibration_entry(calibration: list[str], name: str) -> dict[str, Any]:
+    from edgeseg.quantize import prompts_hash
+
+    return {"name": name, "count": len(calibration), "method": "minmax", "sha256": prompts_hash(calibration),
+            "how": "activation min/max from the MIL program evaluated in float32"}
+
+
+def _summary_rows(facts: dict[str, Any], emulated: dict[str, Any], program_fidelity: dict[str, Any],
+                  predicted: dict[str, Any] | None, float_activation_ops: list[str],
+                  w8a8: bool) -> list[tuple[str, str]]:
+    size = facts["bytes"] / 1e6
+    rows = [
+        ("target", f"{PACKAGE}: ML program, iOS 17+/macOS 14+, int32 ids, {facts['quantized_weights']} "
+                   f"8-bit weight tensor(s), {size:.1f} MB"),
+        ("check", f"spec OK ({sum(facts['ops'].values())} ops); stored-weight emulation vs FP32: mean cos "
+                  f"{emulated['mean_cosine']:.5f}, worst {emulated['worst_cosine']:.5f}"),
+        ("emulate", f"MIL program in float32 vs torch FP32 ({program_fidelity['prompts']} prompts): mean cos "
+                    f"{program_fidelity['mean_cosine']:.5f}, worst {program_fidelity['worst_cosine']:.5f}"
+                    + (f"; W8A8: {facts['ops'].get('quantize', 0)} activation quantize ops, "
+                       f"{len(float_activation_ops)} linear/conv kept float" if w8a8 else "")),
+    ]
+    if predicted:
+        rows.append(("predict", f"Core ML ({predicted['compute_units']}) vs FP32: mean cos "
+                                f"{predicted['mean_cosine']:.5f}, worst {predicted['worst_cosine']:.5f}"))
+    else:
+        rows.append(("predict", f"not run: Core ML predicts on macOS only (this is {platform.system()})"))
+    return rows
+
+
 def coreml_bundle(
     model,
     out: str | os.PathLike,
@@ -454,60 +558,28 @@ def coreml_bundle(
     must meet the precision's gate; ``w8a8`` calibrates activations on up to ``W8A8_CALIBRATION``
     of ``calibration``.
     """
-    import torch
+    from edgeseg.export import fp32_reference
 
     say = progress or (lambda message: log.info("%s", message))
     require_coremltools()
     length = model.context_length
-    tokens = get_tokenizer()(list(reference_prompts), length, model.pad_id)
-    reference = model
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()) or model.training:
-        reference = copy.deepcopy(model).float().cpu().eval()  # never change the caller's model
-    with torch.no_grad():
-        ref_memory, ref_mask = reference(torch.from_numpy(tokens.ids))
-    ref_memory, ref_mask = ref_memory.float().numpy(), ref_mask.numpy()
-    from edgeseg.quantize import prompts_hash
-
+    ref = fp32_reference(model, reference_prompts)
     calibration_ids = None
     if w8a8:
-        if not calibration:
-            raise EdgesegError("--w8a8 needs calibration prompts")
-        calibration = list(calibration)[::max(1, len(calibration) // W8A8_CALIBRATION)][:W8A8_CALIBRATION]
-        calibration_ids = get_tokenizer()(calibration, length, model.pad_id).ids
-        say(f"W8A8: calibrating activations on {len(calibration)} prompts (MIL emulation)")
+        calibration, calibration_ids = _w8a8_calibration(model, calibration, say)
     say(f"converting {model.name} to a Core ML ML program ({precision}{' W8A8' if w8a8 else ''}, "
         f"batch 1..{max_batch})")
     mlmodel = convert(model, precision, max_batch, w8a8, calibration_ids)
     float_activation_ops = [n for n in mlmodel.user_defined_metadata.get("edgeseg.float_activation_ops", "").split(",")
                             if n]
-    memory, mask = emulate_stored_weights(model, tokens.ids, precision)
-    if not np.array_equal(mask, ref_mask):
-        raise EdgesegError("Core ML weight emulation changed the padding mask")
-    emulated = token_fidelity(memory, ref_memory, ref_mask)
-    rows = []
+    emulated = _emulated_weights_fidelity(model, ref, precision)
+    rows: list[tuple[str, str]] = []
     with bundle_writer(out) as tmp:
-        mlmodel.save(str(tmp / PACKAGE))
-        facts = inspect_package(tmp / PACKAGE)
-        problems = check_spec(facts, length, max_batch, precision, model.output_dim, w8a8)
-        if problems:
-            raise EdgesegError(f"the Core ML package fails its spec check: {'; '.join(problems)}")
-        say("evaluating the package's MIL program against torch FP32")
-        program_fidelity = emulate_program(tmp / PACKAGE, reference, evaluation or reference_prompts, length,
-                                           "w8a8" if w8a8 else precision)
-        predicted = None
-        if sys.platform == "darwin":
-            memory, mask = predict(tmp / PACKAGE, tokens.ids, max_batch)
-            if not np.array_equal(mask, ref_mask):
-                raise EdgesegError("Core ML changed the padding mask on the reference prompts")
-            predicted = token_fidelity(memory, ref_memory, ref_mask)
-            mean, worst = PREDICT_GATES[precision]
-            predicted.update({"gate": {"mean_cosine": mean, "worst_cosine": worst}, "compute_units": "CPU_AND_NE",
-                              "passed": predicted["mean_cosine"] >= mean and predicted["worst_cosine"] >= worst})
-            if not predicted["passed"]:
-                raise EdgesegError(f"Core ML vs FP32 reference: mean cosine {predicted['mean_cosine']:.5f}, worst "
-                                   f"{predicted['worst_cosine']:.5f} below the gate {mean} / {worst}")
-        tokenizer = write_bundle_vocabulary(tmp, model.pad_id, MASK_RULES[model.padding.semantics])
-        save_reference(tmp / REFERENCE, reference_prompts, tokens.ids, ref_memory, ref_mask)
+        facts, program_fidelity, predicted = _check_package(mlmodel, tmp, model, ref, precision, max_batch, w8a8,
+                                                            evaluation or reference_prompts, say)
+        rule = MASK_RULES[model.padding.semantics]
+        tokenizer = write_bundle_vocabulary(tmp, model.pad_id, rule)
+        save_reference(tmp / REFERENCE, reference_prompts, ref.ids, ref.memory, ref.mask)
         fields = {
             "encoder": model.name,
             "context_length": length,
@@ -518,33 +590,12 @@ def coreml_bundle(
             "backend": "coreml",
             # The package is a folder; its Manifest.json stands for it (the bundle lists files only).
             "model": f"{PACKAGE}/Manifest.json",
-            **io_spec(length, model.output_dim, MASK_RULES[model.padding.semantics]),
+            **io_spec(length, model.output_dim, rule),
             "tokenizer": tokenizer,
             "source": source,
-            "coreml": {
-                "package": PACKAGE, "model_type": "mlProgram", "minimum_deployment_target": "iOS17 / macOS14",
-                "spec_version": facts["spec_version"], "compute_units": "CPU_AND_NE",
-                "compute_precision": "float32" if precision == "fp32" else "float16",
-                "weights": {"int8": "int8 symmetric per-channel (linear_quantize_weights), embedding included",
-                            "fp16": "float16", "fp32": "float32"}[precision],
-                "activations": mlmodel.user_defined_metadata["edgeseg.activations"],
-                "w8a8": w8a8,
-                "float_activation_ops": float_activation_ops,
-                "batch_sizes": batch_sizes(max_batch), "max_batch": max_batch,
-                "ops": facts["ops"], "quantized_weights": facts["quantized_weights"],
-                "quantized_elements": facts["quantized_elements"], "package_bytes": facts["bytes"],
-                "weights_bytes": facts["weights_bytes"],
-                "checked": "spec + MIL emulation + prediction" if predicted else
-                f"spec + MIL emulation (Core ML cannot run on {platform.system()})",
-            },
-            "fidelity": {"emulated_weights": {**emulated, "vs": "torch fp32", "how": (
-                "torch with the stored weights, float32 compute (FP16 arithmetic not emulated)")},
-                "mil_emulation": program_fidelity,
-                "coreml": predicted},
-            "calibration": {"name": calibration_name, "count": len(calibration), "method": "minmax",
-                            "sha256": prompts_hash(calibration),
-                            "how": "activation min/max from the MIL program evaluated in float32"}
-            if w8a8 else None,
+            "coreml": _coreml_entry(facts, mlmodel, precision, max_batch, w8a8, float_activation_ops, predicted),
+            "fidelity": {"emulated_weights": emulated, "mil_emulation": program_fidelity, "coreml": predicted},
+            "calibration": _calibration_entry(calibration, calibration_name) if w8a8 else None,
             "excluded_layers": float_activation_ops,
             "reference": reference_entry(len(reference_prompts)),
             "params": model.num_parameters(include_unused=False),
@@ -554,18 +605,5 @@ def coreml_bundle(
         if bank:
             fields["bank"] = ship_bank(tmp, fields, bank, bank_dtype, max_batch, say, rows)
         manifest = finalize(tmp, fields)
-    size = facts["bytes"] / 1e6
-    rows.append(("target", f"{PACKAGE}: ML program, iOS 17+/macOS 14+, int32 ids, {facts['quantized_weights']} "
-                           f"8-bit weight tensor(s), {size:.1f} MB"))
-    rows.append(("check", f"spec OK ({sum(facts['ops'].values())} ops); stored-weight emulation vs FP32: mean cos "
-                          f"{emulated['mean_cosine']:.5f}, worst {emulated['worst_cosine']:.5f}"))
-    rows.append(("emulate", f"MIL program in float32 vs torch FP32 ({program_fidelity['prompts']} prompts): mean cos "
-                            f"{program_fidelity['mean_cosine']:.5f}, worst {program_fidelity['worst_cosine']:.5f}"
-                            + (f"; W8A8: {facts['ops'].get('quantize', 0)} activation quantize ops, "
-                               f"{len(float_activation_ops)} linear/conv kept float" if w8a8 else "")))
-    if predicted:
-        rows.append(("predict", f"Core ML ({predicted['compute_units']}) vs FP32: mean cos "
-                                f"{predicted['mean_cosine']:.5f}, worst {predicted['worst_cosine']:.5f}"))
-    else:
-        rows.append(("predict", f"not run: Core ML predicts on macOS only (this is {platform.system()})"))
+    rows += _summary_rows(facts, emulated, program_fidelity, predicted, float_activation_ops, w8a8)
     return manifest, rows

@@ -232,13 +232,9 @@ def fp16_bundle(src, out, eval_prompts, gate=None, threads=None, progress=None) 
 
 
 def _run(path, ids: np.ndarray, threads: int | None = None, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
+    from edgeseg.runtime.onnxruntime import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(path, threads)
     memories, masks = [], []
     for start in range(0, len(ids), batch):
         memory, mask = session.run(["memory", "mask"], {"input_ids": ids[start:start + batch]})

@@ -36,6 +36,7 @@ from edgeseg.bundle import (
     verify_bundle,
 )
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime.onnxruntime import cpu_session
 from edgeseg.targets import tensorrt as trt_target
 from edgeseg.targets.jetson_kit import build_engine as kit
 
@@ -57,14 +58,8 @@ def host_check(bundle_dir: Path, manifest: dict[str, Any], threads: int | None =
 
     The gate is the one ``build_engine.py`` applies to the engine on the device.
     """
-    import onnxruntime as ort
-
     reference = load_reference(bundle_dir, manifest)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(bundle_dir / manifest["model"]), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(bundle_dir / manifest["model"], threads)
     memory, mask = session.run(["memory", "mask"], {"input_ids": reference["input_ids"]})
     return kit.verify_outputs(memory, mask, reference, trt_target.engine_gate(manifest))
 
