@@ -30,6 +30,28 @@ WRITE_ERRORS = WRITE_ONLY_ERRORS | {errno.EACCES, errno.EPERM, errno.EIO, errno.
                                     errno.ENOTDIR, errno.EISDIR, errno.EXDEV, errno.EBUSY}
 
 
+#: the stop signal a handler has seen in this process (edgeseg.cli records it before raising), so that
+#: no output is renamed into place after a stop whose exception a library swallowed on its way up
+_STOPS: list[str] = []
+
+
+def request_stop(name: str) -> None:
+    _STOPS.append(name)
+
+
+def stop_requested() -> str | None:
+    """The first stop signal's name since :func:`clear_stop`, or None."""
+    return _STOPS[0] if _STOPS else None
+
+
+def clear_stop() -> None:
+    _STOPS.clear()
+
+
+def stopped_error(name: str) -> EdgesegError:
+    return EdgesegError(f"stopped by {name}; the unfinished output was removed")
+
+
 def _write_error(target: Path, exc: OSError) -> EdgesegError:
     return EdgesegError(f"cannot write {printable(target)}: {exc.strerror or exc}")
 
@@ -128,6 +150,8 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
     os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)  # mkstemp/mkdtemp create private paths
     try:
         yield tmp
+        if stop_requested():  # a stop arrived and was swallowed below us: this output is unfinished
+            raise stopped_error(stop_requested())
         _replace(tmp, target, directory)
     except BaseException as exc:
         remove_path(tmp)

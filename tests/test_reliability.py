@@ -418,6 +418,35 @@ def test_sigterm_during_export_removes_the_unfinished_bundle(cli, work):
     nothing_left(work["out"])
 
 
+def test_a_stop_that_a_library_swallows_still_leaves_no_output(tmp_path, monkeypatch):
+    """A signal whose exception some library catches (a bare ``except BaseException``, a ``__del__``) must
+    not let the command finish its output: the atomic write refuses, one line, exit 2."""
+    from conftest import run_cli
+
+    from edgeseg import fileio
+
+    original = fileio.read_prompts
+
+    def swallowing(path):
+        prompts = original(path)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler raises here
+        except BaseException:  # noqa: BLE001 - what a careless library does
+            pass
+        return prompts
+
+    (tmp_path / "p.txt").write_text("a dog\n", encoding="utf-8")
+    monkeypatch.setattr(fileio, "read_prompts", swallowing)
+    rc, err = run_cli(["tokenize", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "ids.npz")])
+    errors = [line for line in err.splitlines() if line.startswith("edgeseg: error:")]
+    assert rc == 2 and errors == ["edgeseg: error: stopped by SIGTERM; the unfinished output was removed"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+    monkeypatch.undo()
+    rc, err = run_cli(["tokenize", "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "ids.npz")])
+    assert rc == 0 and (tmp_path / "ids.npz").is_file(), err  # the next command starts afresh
+
+
 def test_temporaries_a_killed_run_left_are_removed_by_the_next_run(cli, work):
     dead = subprocess.Popen(["true"])
     dead.wait()  # a pid that no process has any more

@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from edgeseg import fileio
 from edgeseg.bundlecheck import printable
 from edgeseg.cli import analyze, bank, bench, build, convert, distill, encoders, segment  # noqa: F401  (commands)
 from edgeseg.cli.common import cli
@@ -36,6 +37,7 @@ class Interrupted(BaseException):
 def _on_signal(signum: int, frame) -> None:
     for other in SIGNALS:  # the cleanup that follows runs undisturbed
         signal.signal(other, signal.SIG_IGN)
+    fileio.request_stop(signal.Signals(signum).name)  # atomic writes refuse to finish even if this is swallowed
     raise Interrupted(signum)
 
 
@@ -55,9 +57,12 @@ def _error(message: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI, mapping user errors to one stderr line and exit 2."""
+    fileio.clear_stop()
     previous = _install_handlers()
     try:
         cli.main(args=argv, prog_name="edgeseg", standalone_mode=False)
+        if fileio.stop_requested():  # stopped, but the exception was swallowed on its way up
+            raise fileio.stopped_error(fileio.stop_requested())
     except EdgesegError as exc:
         _error(exc)
         return exc.exit_code
