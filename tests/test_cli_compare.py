@@ -116,3 +116,24 @@ def test_parse_checkpoints_helper(tmp_path):
     with pytest.raises(EdgesegError, match="--student-checkpoint 'sam3'"):
         parse_checkpoints(["sam3"], ["sam3"], option="--student-checkpoint")
     assert isinstance(next(iter(got.values())), Path)
+
+
+def test_command_line_repeats_multiple_options_and_leaves_out_defaults():
+    """The recorded command (bench and segment reports): an unused repeatable option is not written as '()'."""
+    import click
+
+    from edgeseg.cli.common import command_line
+
+    seen = []
+
+    @click.command("x")
+    @click.argument("items", nargs=-1)
+    @click.option("--checkpoint", multiple=True)
+    @click.option("--rounds", default=3)
+    @click.option("--flag", is_flag=True)
+    def x(items, checkpoint, rounds, flag):
+        seen.append(command_line(click.get_current_context(), ["items"]))
+
+    x.main(["a b", "c", "--checkpoint", "s0=x y.pt", "--checkpoint", "s1=z.pt", "--flag"], standalone_mode=False)
+    x.main(["c", "--rounds", "3"], standalone_mode=False)
+    assert seen == ["edgeseg x 'a b' c --checkpoint 's0=x y.pt' --checkpoint s1=z.pt --flag", "edgeseg x c"]

@@ -10,6 +10,7 @@ from edgeseg.cli.common import (
     CHECKPOINTS_HELP,
     _note,
     cli,
+    command_line,
     parse_checkpoints,
 )
 from edgeseg.devices import check_device
@@ -88,7 +89,7 @@ def bench(candidates: tuple[str, ...], baseline: str, prompts_file: Path | None,
                         teacher_int8=teacher_int8, bars=bars, suite_run=suite_run, eval_prompts=eval_prompts,
                         memory=not no_memory, max_images=max_images, device=device, suite=suite,
                         video=video, video_frames=video_frames, checkpoints=checkpoints,
-                        command=_bench_command(click.get_current_context()))
+                        command=command_line(click.get_current_context(), ["candidates"]))
     bank_job = _bank_job(candidates, bank_prompts) if bank or bank_prompts else None  # checked before the long run
     prepared = prepare(opts)
     if sam3_checkpoint is None:
@@ -130,19 +131,5 @@ def _bank_phase(bundle: Path, prompts: list[str], out: Path, threads: int) -> No
         value = "n/a" if bar["measured"] is None else f"{bar['measured']:,.2f}{bar['unit']}"
         _note(f"bank: {bar['bar']}: {value} (goal {bar['goal']}; {ratio})")
     _note(f"wrote {out}/bank/results.json, report.md and bank.png")
-
-
-def _bench_command(ctx: click.Context) -> str:
-    """The command line that reproduces this run (options that differ from their defaults)."""
-    import shlex
-
-    words = ["edgeseg", "bench", *ctx.params["candidates"]]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if param.name == "candidates" or value == param.default or value is None or value is False:
-            continue
-        flag = max(param.opts, key=len)
-        words += [flag] if isinstance(value, bool) else [flag, str(value)]
-    return shlex.join(words)
 
 

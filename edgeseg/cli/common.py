@@ -239,3 +239,19 @@ def parse_checkpoints(values: Sequence[str], names: Sequence[str], option: str =
             raise EdgesegError(f"{option} {value!r}: checkpoint {path} does not exist")
         found[name] = Path(path)
     return found
+
+
+def command_line(ctx: click.Context, positional: Sequence[str] = ()) -> str:
+    """The command line that reproduces this run: ``edgeseg NAME``, the ``positional`` arguments' values, and
+    every option that differs from its default (a repeated option once per value), shell-quoted."""
+    import shlex
+
+    words = ["edgeseg", ctx.command.name or "", *(str(v) for name in positional for v in ctx.params[name])]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in positional or value == param.default or value in (None, False, ()):
+            continue
+        flag = max(param.opts, key=len)
+        for item in value if isinstance(value, tuple) else [value]:
+            words += [flag] if item is True else [flag, str(item)]
+    return shlex.join(words)

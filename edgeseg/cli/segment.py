@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import click
 
-from edgeseg.cli.common import CHECKPOINT_HELP, ENCODER_HELP, _note, cli
+from edgeseg.cli.common import CHECKPOINT_HELP, ENCODER_HELP, _note, cli, command_line
 
 
 @cli.command(context_settings={"show_default": True})
@@ -52,7 +51,7 @@ def segment(bundle: Path | None, encoder: str | None, checkpoint: Path | None, s
     opts = SegmentOptions(out=out, bundle=bundle, encoder=encoder, checkpoint=checkpoint,
                           sam3_checkpoint=sam3_checkpoint, images=list(images), video=video, prompts=list(prompts),
                           threshold=threshold, top_k=top_k, device=device, compare_baseline=compare_baseline,
-                          max_frames=max_frames, command=_command(click.get_current_context()))
+                          max_frames=max_frames, command=command_line(click.get_current_context()))
     prep = prepare(opts)
     if sam3_checkpoint is None:
         _note("no --sam3-checkpoint: SAM3's image/video model has RANDOM weights; masks are not meaningful "
@@ -68,19 +67,6 @@ def segment(bundle: Path | None, encoder: str | None, checkpoint: Path | None, s
         _note(f"overlay: {Path(out) / path}")
     if len(overlays) > 4:
         _note(f"... and {len(overlays) - 4} more overlays in {out}")
-
-
-def _command(ctx: click.Context) -> str:
-    """The command line of this run (options that differ from their defaults; repeated ones repeated)."""
-    words = ["edgeseg", "segment"]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if value == param.default or value in (None, False, ()):
-            continue
-        flag = max(param.opts, key=len)
-        for item in value if isinstance(value, tuple) else [value]:
-            words += [flag] if item is True else [flag, str(item)]
-    return shlex.join(words)
 
 
 __all__ = ["segment"]
