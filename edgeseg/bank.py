@@ -288,6 +288,7 @@ class Bank:
         self.ids = arrays["input_ids"]
         self.memory = arrays["memory"]
         self.mask = arrays["mask"]
+        self._float32 = self.memory.dtype == np.float32
         self.text_entry = arrays["text_entry"]
         self.text_lengths = arrays["text_lengths"]
         data, offsets = arrays["text_bytes"].tobytes(), arrays["text_offsets"].tolist()
@@ -330,8 +331,10 @@ class Bank:
     def rows(self, entries: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, mask, memory float32) of some entries, as copies; one entry is sliced (no index array)."""
         if len(entries) == 1:
-            one = slice(entries[0], entries[0] + 1)
-            return self.ids[one].copy(), self.mask[one].copy(), self.memory[one].astype(np.float32)
+            first = entries[0]
+            memory = self.memory[first:first + 1]
+            return (self.ids[first:first + 1].copy(), self.mask[first:first + 1].copy(),
+                    memory.copy() if self._float32 else memory.astype(np.float32))
         index = np.array(entries, dtype=np.intp)
         return self.ids[index], self.mask[index], self.memory[index].astype(np.float32, copy=False)
 

@@ -121,6 +121,12 @@ class Runner:
     def _encode_banked(self, prompts: list[str], batch_size: int, progress=None) -> Encoded:
         """The bank's rows where it knows a prompt; the fast path needs no tokenizer at all."""
         bank = self.bank
+        if len(prompts) == 1 and not bank.truncated_texts:  # the common call: one prompt, no tokenizer
+            entry = bank.text_index.get(prompts[0], -1)
+            if entry >= 0:
+                if progress is not None:
+                    progress(1)
+                return Encoded(*bank.rows([entry]))
         found = bank.find_texts(prompts)
         if found and -1 not in found:  # every prompt stored by its exact text
             ids, mask, memory = bank.rows(found)
