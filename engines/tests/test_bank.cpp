@@ -20,6 +20,7 @@
 #include "common.hpp"
 #include "edgeseg/edgeseg.h"
 #include "edgeseg/edgeseg.hpp"
+#include "work_dir.h"
 
 namespace fs = std::filesystem;
 using edgeseg::detail::Bank;
@@ -49,19 +50,13 @@ std::string open_error(const fs::path& path) {
   }
 }
 
-class Banks : public ::testing::Test {
+class Banks : public edgeseg_test::WorkDirTest {
  protected:
   void SetUp() override {
     if (!fs::is_regular_file(kBankDir / "bank-f32.safetensors")) {
       GTEST_SKIP() << "test banks missing in " << kBankDir << " (the make_test_bank ctest fixture builds them)";
     }
-    work_ = fs::temp_directory_path() / ("edgeseg-bank-" + std::to_string(::getpid()) + "-" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(work_);
-    fs::create_directories(work_);
-  }
-  void TearDown() override {
-    if (!work_.empty()) fs::remove_all(work_);
+    make_work("bank");
   }
   // A copy of a bank file with its JSON header replaced (the 8-byte length updated).
   fs::path with_header(const std::string& find, const std::string& replace) {
@@ -89,7 +84,6 @@ class Banks : public ::testing::Test {
     *status = edgeseg_create(bundle.c_str(), &options, &rt);
     return rt;
   }
-  fs::path work_;
 };
 
 }  // namespace

@@ -12,27 +12,22 @@
 #include <string>
 
 #include "edgeseg/edgeseg.h"
+#include "work_dir.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
 
-class BundleRules : public ::testing::Test {
+class BundleRules : public edgeseg_test::WorkDirTest {
  protected:
   void SetUp() override {
     if (!fs::is_regular_file(fs::path(EDGESEG_TEST_BUNDLE) / "manifest.json")) {
       GTEST_SKIP() << "test bundle " << EDGESEG_TEST_BUNDLE << " missing (the make_test_bundle ctest fixture builds it)";
     }
-    work_ = fs::temp_directory_path() / ("edgeseg-rules-" + std::to_string(::getpid()) + "-" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(work_);
-    fs::create_directories(work_);
+    make_work("rules");
     dir_ = work_ / "bundle";
     fs::copy(EDGESEG_TEST_BUNDLE, dir_, fs::copy_options::recursive);
-  }
-  void TearDown() override {
-    if (!work_.empty()) fs::remove_all(work_);
   }
   json manifest() const {
     std::ifstream in(dir_ / "manifest.json");
@@ -65,7 +60,7 @@ class BundleRules : public ::testing::Test {
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
     edgeseg_destroy(rt);
   }
-  fs::path work_, dir_;
+  fs::path dir_;
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "edgeseg/edgeseg.h"
+#include "work_dir.h"
 
 namespace fs = std::filesystem;
 
@@ -21,19 +22,13 @@ const char* kPrompts[] = {"a dog", "wow!$ sign", "the leftmost child wearing blu
                           "a player in white a player in white a player in white a player in white", ""};
 constexpr size_t kCount = sizeof(kPrompts) / sizeof(kPrompts[0]);
 
-class CApi : public ::testing::Test {
+class CApi : public edgeseg_test::WorkDirTest {
  protected:
   void SetUp() override {
     if (!fs::is_regular_file(fs::path(EDGESEG_TEST_BUNDLE) / "manifest.json")) {
       GTEST_SKIP() << "test bundle " << EDGESEG_TEST_BUNDLE << " missing (the make_test_bundle ctest fixture builds it)";
     }
-    work_ = fs::temp_directory_path() / ("edgeseg-capi-" + std::to_string(::getpid()) + "-" +
-                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(work_);
-    fs::create_directories(work_);
-  }
-  void TearDown() override {
-    if (!work_.empty()) fs::remove_all(work_);
+    make_work("capi");
   }
   fs::path copy_bundle() {
     fs::path dir = work_ / "bundle";
@@ -58,7 +53,6 @@ class CApi : public ::testing::Test {
   static edgeseg_status create(const fs::path& dir, edgeseg_runtime** out) {
     return edgeseg_create(dir.c_str(), nullptr, out);
   }
-  fs::path work_;
 };
 
 bool contains(const char* haystack, const std::string& needle) { return std::string(haystack).find(needle) != std::string::npos; }
