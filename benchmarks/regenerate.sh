@@ -18,6 +18,7 @@ fi
 "$PY" benchmarks/coreml_fidelity.py                   # Core ML W8A8 / 8-bit packages (MIL emulation)
 "$PY" benchmarks/cpp_bench.py                         # C++ runtime vs Python (needs make cpp)
 "$PY" benchmarks/tokenizer_parity.py                  # C++ vs Python tokenizer ids (needs make cpp)
+"$PY" benchmarks/bank_bench.py                        # prompt banks: hits vs the encoder, bank-only RSS (needs make cpp)
 "$PY" benchmarks/distill_bench.py --out benchmarks/reports/distill
 "$PY" benchmarks/readme_table.py
 "$PY" benchmarks/readme_table.py --check

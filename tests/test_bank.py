@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,28 @@ def test_hits_are_the_encoders_outputs_bit_for_bit(tiny, banks, dtype, monkeypat
     with torch.no_grad():
         reference = student(torch.from_numpy(ids))[0].numpy()
     np.testing.assert_allclose(served.memory, reference[rows], atol=1e-4 if dtype == "float32" else 2e-2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_all_hit_answers_are_read_only_and_one_float32_hit_is_a_view_of_the_file(tiny, banks, dtype):
+    """A hit must not be a way to change the bank (for itself or the next caller); a float32 one-prompt hit
+    shares the mapped file's memory (no copy), and the SAM3 adapters still get writable tensors from it."""
+    from edgeseg.integrations.meta_sam3 import to_meta
+
+    with load(tiny[1], bank=banks[dtype]) as runner:
+        one, batch = runner.encode("forklift"), runner.encode(["pallet", "a dog"])
+        for array in (one.input_ids, one.mask, one.memory, batch.input_ids, batch.mask, batch.memory):
+            assert not array.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                array[...] = 0
+        assert np.shares_memory(one.memory, runner.bank.memory) == (dtype == "float32")
+        again = runner.encode("forklift")
+        np.testing.assert_array_equal(again.memory, one.memory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns when it is handed memory it may not write
+            mask, memory = to_meta(one)
+        memory[0, 0, 0] = 123.0  # the adapter's tensor is its own
+        assert again.memory[0, 0, 0] != 123.0 and memory.shape == (16, 1, one.memory.shape[-1])
 
 
 def test_mixed_batches_keep_order(tiny, banks, monkeypatch):

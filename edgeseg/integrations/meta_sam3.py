@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from edgeseg.errors import EdgesegError
-from edgeseg.integrations.source import FeatureCache, TextFeatures, as_text_source, check_features
+from edgeseg.integrations.source import FeatureCache, TextFeatures, as_text_source, as_torch, check_features
 
 SAM3_EMBED_WIDTH = 1024
 
@@ -57,8 +57,8 @@ def find_backbone(obj: Any) -> Any:
 def to_meta(features: Any, device: Any = None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """edgeseg ``memory [B, L, D]`` + ``mask [B, L]`` (True = padding) -> SAM3's ``mask [B, L]`` bool and
     ``memory [L, B, D]`` in ``dtype`` on ``device``."""
-    memory = torch.as_tensor(features.memory).to(device=device, dtype=dtype).transpose(0, 1)
-    mask = torch.as_tensor(features.mask).to(device=device, dtype=torch.bool)
+    memory = as_torch(features.memory).to(device=device, dtype=dtype).transpose(0, 1)
+    mask = as_torch(features.mask).to(device=device, dtype=torch.bool)
     return mask, memory
 
 

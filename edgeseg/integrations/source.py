@@ -99,6 +99,16 @@ def check_features(features: Any, count: int) -> TextFeatures:
     return TextFeatures(memory, mask)
 
 
+def as_torch(array: Any) -> Any:
+    """``array`` (numpy or torch) as a torch tensor; a read-only numpy array (a prompt bank's zero-copy
+    hit) is copied, since torch cannot share memory it may not write."""
+    import torch
+
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        return torch.tensor(array)
+    return torch.as_tensor(array)
+
+
 def _stack(rows: list[Any]) -> Any:
     if type(rows[0]).__module__.startswith("torch"):
         import torch
@@ -150,4 +160,4 @@ class FeatureCache:
 
 
 __all__ = ["FeatureCache", "FunctionSource", "TextFeatures", "TextSource", "TorchEncoderSource", "as_text_source",
-           "check_features"]
+           "as_torch", "check_features"]

@@ -29,7 +29,7 @@ import torch
 
 from edgeseg.encoders.base import Padding
 from edgeseg.errors import EdgesegError
-from edgeseg.integrations.source import FeatureCache, TextFeatures, as_text_source, check_features
+from edgeseg.integrations.source import FeatureCache, TextFeatures, as_text_source, as_torch, check_features
 from edgeseg.tokenizer import TRANSFORMERS_PAD_ID
 
 MODEL_TYPES = ("sam3", "sam3_lite_text", "sam3_video", "sam3_lite_text_video")
@@ -47,8 +47,8 @@ def import_transformers() -> Any:
 def to_transformers(features: Any, device: Any = None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """edgeseg ``memory [B, L, D]`` + ``mask [B, L]`` (True = padding) -> ``transformers``' batch-first
     features ``[B, L, D]`` in ``dtype`` and ``attention_mask [B, L]`` int64, 1 = valid."""
-    memory = torch.as_tensor(features.memory).to(device=device, dtype=dtype)
-    attention_mask = (~torch.as_tensor(features.mask).to(device=device, dtype=torch.bool)).long()
+    memory = as_torch(features.memory).to(device=device, dtype=dtype)
+    attention_mask = (~as_torch(features.mask).to(device=device, dtype=torch.bool)).long()
     return memory, attention_mask
 
 
