@@ -7,7 +7,7 @@ records: the package's program evaluated op by op in float32 against torch FP32 
 (an emulation, not Core ML's FP16 arithmetic), the linear/conv ops kept float, the package size.
 Writes ``results.json`` and ``report.md`` (the README's Core ML table comes from it)::
 
-    .venv/bin/python benchmarks/coreml_fidelity.py     # -> benchmarks/reports/coreml/ (about 10 min on 2 cores)
+    .venv/bin/python benchmarks/coreml_fidelity.py     # -> benchmarks/reports/coreml/ (about 2 min on 2 cores)
 """
 
 from __future__ import annotations
