@@ -27,7 +27,7 @@ def test_bank_bench_measures_and_reports(tiny_bundle, tmp_path):
     from edgeseg.bench.bank import run_bank_bench, tool_path
 
     out = tmp_path / "bank"
-    results = run_bank_bench(tiny_bundle, PROMPTS, out, threads=1, rounds=1, hit_calls=16, encoder_calls=2)
+    results = run_bank_bench(tiny_bundle, PROMPTS, out, threads=1, rounds=1, max_calls=16, block_s=0.01)
     on_disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert on_disk["schema"] == "edgeseg.bench.bank/1" and on_disk["prompts"] == len(PROMPTS)
     assert on_disk["random_weights"] and "RANDOM" in on_disk["weights"]

@@ -5,7 +5,7 @@ On the same prompts (the bank's) and the same bundle, side by side:
 * :func:`python_latency` - in one process, a runner with the bank and one without (same bundle, same
   session options): per-call latency of ``Runner.encode`` at batch 1 and 8 for hits by exact text
   (float32 and float16 banks), hits by token ids (each prompt + " ": tokenized, then looked up) and the
-  encoder call (tokenizer + model, and the model alone); interleaved rounds;
+  encoder call (tokenizer + model, and the model alone); in blocks, by the benchmark's block timer;
 * :func:`cpp_latency` - the same through the C API (``edgeseg-bank-bench latency``, caller buffers);
 * :func:`peak_rss` - fresh processes that load and encode every prompt once in batches of 8: the
   bank-only bundle and the encoder path, in Python and in C++ (``edgeseg-bank-bench serve``);
@@ -19,10 +19,10 @@ Every figure that depends on weight values is labelled random/synthetic when the
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,58 +61,56 @@ sys.stdout.write(json.dumps({"self_maxrss_kb": resource.getrusage(resource.RUSAG
 """
 
 
-def _stats(seconds: Sequence[float]) -> dict[str, float]:
-    us = sorted(s * 1e6 for s in seconds)
-    return {"median_us": statistics.median(us), "p90_us": us[min(len(us) - 1, len(us) * 9 // 10)], "calls": len(us)}
-
-
 def _batches(prompts: Sequence[str], size: int, count: int) -> list[list[str]]:
     """``count`` batches of ``size`` consecutive prompts, cycling through ``prompts``."""
     return [[prompts[(i * size + k) % len(prompts)] for k in range(size)] for i in range(count)]
 
 
-def _time_calls(call: Callable[[Any], Any], inputs: Sequence[Any], out: list[float]) -> None:
-    for item in inputs:
-        start = time.perf_counter()
-        call(item)
-        out.append(time.perf_counter() - start)
+def _cycling(call: Callable[[Any], Any], inputs: Sequence[Any]) -> Callable[[], Any]:
+    """A zero-argument call that gives ``call`` the next of ``inputs`` each time (round and round)."""
+    items = itertools.cycle(inputs)
+    return lambda: call(next(items))
 
 
 def python_latency(bundle: Path, banks: dict[str, Path], prompts: Sequence[str], threads: int, rounds: int = 5,
-                   hit_calls: int = 400, encoder_calls: int = 20) -> dict[str, Any]:
-    """Per-call latency of hits and of the encoder in this process, batch 1 and 8 (interleaved rounds)."""
+                   max_calls: int = 400, block_s: float = 0.4) -> dict[str, Any]:
+    """Per-call latency of hits and of the encoder in this process, batch 1 and 8, timed in blocks by the
+    benchmark's one block timer (:func:`edgeseg.bench.latency.block_latency`: pause, first call apart,
+    warm-up, timed calls; order rotated over rounds), each call on the next batch of distinct prompts."""
+    from edgeseg.bench.latency import Candidate, block_latency
     from edgeseg.runtime import load
 
     spaced = [p + " " for p in prompts]  # tokenizes like the prompt, but is not stored as text
     runners = {"encoder": load(bundle, threads=threads),
                **{f"bank_{dtype}": load(bundle, threads=threads, bank=path) for dtype, path in banks.items()}}
-    out: dict[str, Any] = {}
-    for size in BATCHES:
-        ids = [runners["encoder"].tokenizer(batch, runners["encoder"].context_length).ids
-               for batch in _batches(prompts, size, encoder_calls)]
-        methods: dict[str, tuple[Callable[[Any], Any], list[Any]]] = {
-            "encoder_encode": (runners["encoder"].encode, _batches(prompts, size, encoder_calls)),
-            "encoder_model_only": (runners["encoder"].infer, ids),
-            **{f"hit_text_{d}": (runners[f"bank_{d}"].encode, _batches(prompts, size, hit_calls)) for d in banks},
-            "hit_ids_float32": (runners["bank_float32"].encode, _batches(spaced, size, hit_calls // 4)),
-        }
-        for call, inputs in methods.values():  # warm-up (ORT's first runs, the tokenizer's word cache)
-            _time_calls(call, inputs[:3], [])
-        times: dict[str, list[float]] = {name: [] for name in methods}
-        for _ in range(rounds):
-            for name, (call, inputs) in methods.items():
-                _time_calls(call, inputs, times[name])
-        table = {name: _stats(values) for name, values in times.items()}
-        encoder = table["encoder_encode"]["median_us"]
-        for name, row in table.items():
-            if name.startswith("hit_"):
-                row["speedup_vs_encoder"] = encoder / row["median_us"]
-        out[str(size)] = table
+    encoder, length = runners["encoder"], runners["encoder"].context_length
+    inputs = {size: _batches(prompts, size, max_calls) for size in BATCHES}
+    ids = {size: [encoder.tokenizer(batch, length).ids for batch in inputs[size]] for size in BATCHES}
+    methods: dict[str, tuple[Callable[[Any], Any], dict[int, list[Any]]]] = {
+        "encoder_encode": (encoder.encode, inputs),
+        "encoder_model_only": (encoder.infer, ids),
+        **{f"hit_text_{d}": (runners[f"bank_{d}"].encode, inputs) for d in banks},
+        "hit_ids_float32": (runners["bank_float32"].encode, {b: _batches(spaced, b, max_calls) for b in BATCHES}),
+    }
+    candidates = [Candidate(name, name, length, {b: _cycling(call, per[b]) for b in BATCHES})
+                  for name, (call, per) in methods.items()]
+    timing = block_latency(candidates, BATCHES, rounds, block_s=block_s, max_calls=max_calls)
     for runner in runners.values():
         runner.deactivate()
-    return {"batches": out, "threads": threads, "rounds": rounds,
-            "how": "Runner.encode per call (time.perf_counter), median over interleaved rounds; hit_ids = each "
-                   "prompt + ' ' (tokenized, then found by its token ids); encoder_model_only = Runner.infer on ids"}
+    out: dict[str, Any] = {}
+    for size, rows in timing["batches"].items():
+        table = {name: {"median_us": row["p50_ms"] * 1e3, "p95_us": row["p95_ms"] * 1e3, "calls": row["samples"],
+                        "first_call_after_switch_us": row["first_call_after_switch"]["p50_ms"] * 1e3}
+                 for name, row in rows.items()}
+        for name, row in table.items():
+            if name.startswith("hit_"):
+                row["speedup_vs_encoder"] = table["encoder_encode"]["median_us"] / row["median_us"]
+        out[size] = table
+    return {"batches": out, "threads": threads, "rounds": rounds, "method": timing["method"],
+            "how": "Runner.encode per call, each on the next batch of distinct prompts, timed in blocks (a pause, "
+                   "the first call apart, warm-up, then timed calls) with the blocks' order rotated over rounds; "
+                   "median of the timed calls; hit_ids = each prompt + ' ' (tokenized, then found by its token "
+                   "ids); encoder_model_only = Runner.infer on ids"}
 
 
 def tool_path(build: Path | None = None) -> Path:
@@ -214,7 +212,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_bank_bench(bundle: str | Path, prompts: Sequence[str], out: str | Path, threads: int = 2, rounds: int = 5,
                    cpp_build: Path | None = None, progress: Callable[[str], None] | None = None,
-                   hit_calls: int = 400, encoder_calls: int = 20) -> dict[str, Any]:
+                   max_calls: int = 400, block_s: float = 0.4) -> dict[str, Any]:
     """Build float32/float16 banks and a bank-only bundle of ``prompts`` from ``bundle`` (in a temporary
     folder), measure everything side by side and write ``results.json``, ``report.md`` and ``bank.png``."""
     from edgeseg.bench.env import environment
@@ -246,7 +244,7 @@ def run_bank_bench(bundle: str | Path, prompts: Sequence[str], out: str | Path, 
         build_bank_only_bundle(bundle, prompts, bank_only, dtype="float32", threads=threads)
         results["bank_only_bank_bytes"] = (bank_only / "bank.safetensors").stat().st_size
         say("bank bench: Python latency (bank hits vs the encoder call, in one process)")
-        results["python_latency"] = python_latency(bundle, banks, prompts, threads, rounds, hit_calls, encoder_calls)
+        results["python_latency"] = python_latency(bundle, banks, prompts, threads, rounds, max_calls, block_s)
         say("bank bench: C++ latency (edgeseg-bank-bench)")
         results["cpp_latency"] = cpp_latency(tool, bundle, banks, prompts_file, threads)
         say("bank bench: peak RSS of fresh processes")
