@@ -331,9 +331,9 @@ class Bank:
     def rows(self, entries: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, mask, memory float32) of some entries, read-only.
 
-        One entry of a float32 bank is three views of the mapped file (no copy: a hit costs about a
-        microsecond); otherwise the rows are gathered (and float16 widened) into new arrays, also marked
-        read-only so that every all-hit answer behaves alike. ``np.array(x)`` gives a writable copy.
+        One entry of a float32 bank is three views of the mapped file (no copy); otherwise the rows are
+        gathered (and float16 widened) into new arrays, also marked read-only so that every all-hit
+        answer behaves alike. ``np.array(x)`` gives a writable copy.
         """
         if len(entries) == 1:
             first = entries[0]
